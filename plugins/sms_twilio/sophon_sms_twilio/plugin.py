@@ -1,0 +1,81 @@
+"""The SMS (Twilio) channel type: the four channel hooks plus its declaration.
+
+Registered through the ``sophon`` entry point ``sms_twilio`` (see pyproject.toml).
+Hook implementations are methods of one object so no module-level function
+is named like a test.
+"""
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException
+
+from sophon_core.errors import SendError
+from sophon_core.hookspecs import hookimpl
+from sophon_core.models import ChannelType, SentPart
+from sophon_core.textsplit import split_text
+
+from . import connection, webhook
+from .client import api_base, client_for
+from .errors import send_error
+
+TYPE = "sms"
+MAX_BODY = 1600  # characters Twilio accepts in one message
+
+CONFIG_SCHEMA = json.loads(files(__package__).joinpath("config.schema.json").read_text())
+
+
+class SmsTwilioPlugin:
+    @hookimpl
+    def sophon_channel_types(self):
+        return [ChannelType(name=TYPE, display_name="SMS (Twilio)", config_schema=CONFIG_SCHEMA,
+                            address_field="phoneNumber")]
+
+    @hookimpl
+    def sophon_commands(self, cli):
+        from .cli import sms
+        cli.add_command(sms)
+
+    @hookimpl
+    def validate_config(self, channel_type, channel_id, config, settings):
+        if channel_type != TYPE:
+            return None
+        return []
+
+    @hookimpl
+    def test_connection(self, channel, settings):
+        if channel.type != TYPE:
+            return None
+        return connection.check(channel, settings)
+
+    @hookimpl
+    def handle_inbound(self, channel_type, request, channels, settings):
+        if channel_type != TYPE:
+            return None
+        return webhook.handle(request, channels, settings)
+
+    @hookimpl
+    def send(self, channel, message, settings):
+        if channel.type != TYPE:
+            return None
+        cfg = channel.config
+        client = client_for(cfg, settings.env)
+        sent: list[SentPart] = []
+        for part in split_text(message.text, MAX_BODY):
+            try:
+                created = client.messages.create(to=message.recipient, from_=cfg["phoneNumber"], body=part)
+            except TwilioRestException as exc:
+                err = send_error(exc, to=message.recipient, from_=cfg["phoneNumber"])
+                err.sent_parts = tuple(sent)
+                raise err from None
+            except (requests.RequestException, TwilioException, OSError) as exc:
+                raise SendError(f"Cannot reach Twilio at {api_base(settings.env)} "
+                                f"({type(exc).__name__}); it will be tried again later.",
+                                sent_parts=tuple(sent)) from None
+            sent.append(SentPart(created.sid, part, created.status or "queued"))
+        return sent
+
+
+plugin = SmsTwilioPlugin()

@@ -1,0 +1,119 @@
+"""Inbound SMS webhooks: Twilio's signature, the channel the message is for, its fields."""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+from urllib.parse import parse_qs
+
+import falcon
+from twilio.request_validator import RequestValidator
+
+from sophon_core.errors import WebhookRejected
+from sophon_core.models import Channel, DroppedAttachment, InboundMessage, WebhookReply
+from sophon_core.settings import Settings
+
+log = logging.getLogger("sophon.sms")
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+TEXT_ONLY_REPLY = ("This number handles text only: pictures and files can't be received here. "
+                   "Please send your message as text.")
+REQUIRED = ("MessageSid", "From", "To")
+MAX_FIELDS = 200
+
+
+class Form(dict):
+    """Parsed form, ``name -> [values]``; ``getlist`` is what RequestValidator expects."""
+
+    def getlist(self, name: str) -> list[str]:
+        return self[name]
+
+    def first(self, name: str, default: str = "") -> str:
+        values = self.get(name)
+        return values[0] if values else default
+
+
+def parse_form(req: falcon.Request) -> Form:
+    ctype = (req.content_type or "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise WebhookRejected(415, f"expected Content-Type application/x-www-form-urlencoded "
+                              f"(Twilio's webhook format), got {req.content_type or 'none'}")
+    try:
+        text = req.context.body.decode("utf-8")
+        return Form(parse_qs(text, keep_blank_values=True, max_num_fields=MAX_FIELDS))
+    except UnicodeDecodeError:
+        raise WebhookRejected(400, "request body is not UTF-8") from None
+    except ValueError:
+        raise WebhookRejected(400, f"request body has more than {MAX_FIELDS} form fields") from None
+
+
+def signed_url(req: falcon.Request, channel: Channel, settings: Settings) -> str:
+    """The URL Twilio signed: the channel's publicUrl, else SOPHON_PUBLIC_URL, else the request's."""
+    base = (channel.config.get("publicUrl") or settings.public_url or "").rstrip("/")
+    if not base:
+        return req.forwarded_uri
+    return base + req.path + (f"?{req.query_string}" if req.query_string else "")
+
+
+def handle(req: falcon.Request, channels: Sequence[Channel], settings: Settings) -> WebhookReply:
+    form = parse_form(req)
+    to, account = form.first("To"), form.first("AccountSid")
+    candidates = [c for c in channels if to and c.config["phoneNumber"] == to]
+    if not candidates and account:
+        candidates = [c for c in channels if c.config["accountSid"] == account]
+    if not candidates:
+        raise WebhookRejected(404, f"no SMS channel is configured for number {to or '(no To)'}: "
+                              "add it to channels.json and activate it")
+
+    signature = req.get_header("X-Twilio-Signature")
+    if not signature:
+        raise WebhookRejected(403, "missing X-Twilio-Signature header: only Twilio may call this webhook")
+    channel, url = _verify(req, form, signature, candidates, settings)
+
+    if channel.config["phoneNumber"] != to:
+        raise WebhookRejected(404, f"no SMS channel is configured for number {to or '(no To)'}")
+    if account and account != channel.config["accountSid"]:
+        raise WebhookRejected(404, f"number {to} belongs to another Twilio account than {account}")
+    if not channel.enabled:
+        raise WebhookRejected(404, f"the SMS channel {channel.id!r} for {to} is not activated "
+                              "(set \"enabled\": true in channels.json)")
+    missing = [name for name in REQUIRED if not form.first(name)]
+    if missing:
+        raise WebhookRejected(400, f"missing required field(s): {', '.join(missing)}")
+    return WebhookReply(body=EMPTY_TWIML, content_type="text/xml", messages=(_message(channel, form),))
+
+
+def _verify(req, form, signature, candidates, settings) -> tuple[Channel, str]:
+    urls = []
+    for channel in candidates:
+        url = signed_url(req, channel, settings)
+        if RequestValidator(channel.config["authToken"]).validate(url, form, signature):
+            return channel, url
+        urls.append(url)
+    hint = "" if (settings.public_url or any(c.config.get("publicUrl") for c in candidates)) else (
+        "; if Twilio calls a different URL (proxy, tunnel), set SOPHON_PUBLIC_URL")
+    raise WebhookRejected(403, f"X-Twilio-Signature does not match; checked URL "
+                          f"{', '.join(dict.fromkeys(urls))} with the Auth Token of channel "
+                          f"{', '.join(c.id for c in candidates)}{hint}")
+
+
+def _message(channel: Channel, form: Form) -> InboundMessage:
+    try:
+        num_media = max(0, int(form.first("NumMedia", "0") or 0))
+    except ValueError:
+        num_media = 0
+    dropped = tuple(DroppedAttachment(form.first(f"MediaContentType{i}", "unknown"))
+                    for i in range(min(num_media, 10)))
+    body = form.first("Body")
+    text, canned = body, None
+    if dropped:
+        kinds = ", ".join(d.content_type for d in dropped)
+        note = (f"[The sender also attached {len(dropped)} file(s) ({kinds}); SMS is text only, "
+                "so they were not received.]")
+        if body.strip():
+            text = f"{body}\n\n{note}"
+        else:
+            text, canned = note, TEXT_ONLY_REPLY
+    meta = {k: form.first(k) for k in ("FromCity", "FromState", "FromCountry", "NumSegments") if form.first(k)}
+    return InboundMessage(channel_id=channel.id, provider_message_id=form.first("MessageSid"),
+                          sender=form.first("From"), recipient=form.first("To"), text=text,
+                          dropped_attachments=dropped, metadata=meta, canned_reply=canned)

@@ -1,0 +1,1 @@
+"""JSON Schemas shipped with sophon_core (installed as the ``sophon_core.schemas`` package)."""

@@ -1,0 +1,53 @@
+"""The Falcon application factory. Serve it with gunicorn:
+
+    gunicorn 'sophon_core.app:create_app()'
+
+or ``sophon serve``. Every installed channel type gets
+``POST /api/channels/<type>/webhook`` plus the routes it declares.
+"""
+from __future__ import annotations
+
+import logging
+
+import falcon
+
+from . import logs
+from .resources import HealthResource, WebhookResource, handle_rejection
+from .errors import WebhookRejected
+from .runtime import Runtime
+
+log = logging.getLogger("sophon.app")
+
+
+def create_app(runtime: Runtime | None = None) -> falcon.App:
+    """Build the WSGI app. Without ``runtime``, build one from the environment.
+
+    :raises ConfigError: ``channels.json`` is invalid; the server must not start.
+    """
+    runtime = runtime or Runtime.build()
+    logs.configure(lambda: secrets_of(runtime))
+    app = falcon.App()
+    app.req_options.auto_parse_form_urlencoded = False
+    app.add_error_handler(WebhookRejected, handle_rejection)
+    app.add_route("/healthz", HealthResource(runtime))
+    for ct in runtime.types.values():
+        app.add_route(ct.webhook_path, WebhookResource(runtime, ct))
+        for path, resource in ct.routes.items():
+            app.add_route(path, resource)
+    active = [c.id for c in runtime.config.channels if c.enabled]
+    log.info("serving %d channel type(s) (%s); active channels: %s", len(runtime.types),
+             ", ".join(sorted(runtime.types)) or "none", ", ".join(active) or "none")
+    for w in runtime.config.warnings:
+        log.warning("%s", w)
+    return app
+
+
+def secrets_of(runtime: Runtime) -> list[str]:
+    """Every secret value in the loaded config (fields the type's schema marks writeOnly)."""
+    out = []
+    for c in runtime.config.channels:
+        for name in runtime.types[c.type].secret_fields:
+            value = c.config.get(name)
+            if isinstance(value, str):
+                out.append(value)
+    return out

@@ -1,0 +1,126 @@
+"""The ``sophon`` command. Plugins add their own commands through ``sophon_commands``."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from . import config as config_mod
+from .errors import ConfigError, SophonError
+from .plugins import PluginError, agents, channel_types, get_plugin_manager
+from .settings import Settings
+
+
+@click.group()
+def cli() -> None:
+    """Sophon channels: put your bot on SMS (and more) through plugins."""
+
+
+def _load(path: str | None):
+    """(settings, pm, types, config); exits 1 with every problem listed when invalid."""
+    try:
+        settings = Settings.from_env()
+        if path:
+            settings = replace(settings, channels_path=Path(path))
+        pm = get_plugin_manager(env=settings.env)
+        types = channel_types(pm)
+        cfg = config_mod.load_file(settings.channels_path, types, pm, settings)
+        problems = config_mod.check_agents(cfg, agents(pm))
+        if problems:
+            raise ConfigError(cfg.source, problems)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        for w in exc.warnings:
+            click.echo(f"warning: {w}", err=True)
+        sys.exit(1)
+    except (SophonError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for w in cfg.warnings:
+        click.echo(f"warning: {w}", err=True)
+    return settings, pm, types, cfg
+
+
+@cli.command()
+@click.argument("path", required=False)
+def validate(path: str | None) -> None:
+    """Check channels.json (or PATH) without starting anything. Exit 1 when invalid."""
+    _, _, _, cfg = _load(path)
+    listed = ", ".join(f"{c.id} ({c.type}, {'enabled' if c.enabled else 'disabled'})" for c in cfg.channels)
+    click.echo(f"{cfg.source} is valid: {len(cfg.channels)} channel(s){': ' + listed if listed else ''}")
+
+
+@cli.command()
+@click.option("--bind", default=lambda: os.environ.get("SOPHON_BIND", "127.0.0.1:8080"),
+              show_default="SOPHON_BIND or 127.0.0.1:8080", help="host:port to listen on")
+@click.option("--workers", type=click.IntRange(1, 64), default=lambda: int(os.environ.get("SOPHON_WORKERS", "2")),
+              show_default="SOPHON_WORKERS or 2", help="gunicorn worker processes")
+@click.option("--threads", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="threads per worker")
+def serve(bind: str, workers: int, threads: int) -> None:
+    """Validate channels.json, then serve the webhooks with gunicorn."""
+    from .server import run_gunicorn
+
+    _load(None)
+    click.echo(f"sophon: serving on http://{bind} with {workers} worker(s)", err=True)
+    sys.exit(run_gunicorn(bind, workers, threads))
+
+
+@cli.group()
+def channels() -> None:
+    """Inspect configured channels."""
+
+
+@channels.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def channels_list(as_json: bool) -> None:
+    """List channels with type, number, state and routing."""
+    _, _, types, cfg = _load(None)
+    rows = [{"id": c.id, "type": c.type, "name": c.name, "address": c.address,
+             "enabled": c.enabled, "agentId": c.routing.agent_id,
+             "dmBehavior": c.routing.dm_behavior, "status": c.status} for c in cfg.channels]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    head = ("ID", "TYPE", "NAME", "ADDRESS", "ENABLED", "AGENT", "STATUS")
+    table = [head] + [(r["id"], r["type"], r["name"], r["address"] or "", "yes" if r["enabled"] else "no",
+                       r["agentId"], r["status"] or "") for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    for row in table:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@channels.command("test")
+@click.argument("channel_id")
+def channels_test(channel_id: str) -> None:
+    """Check a channel's credentials and provider setup (exit 1 on a problem)."""
+    settings, pm, _, cfg = _load(None)
+    channel = cfg.get(channel_id)
+    if channel is None:
+        click.echo(f"error: no channel {channel_id!r} in {cfg.source} "
+                   f"(have: {', '.join(c.id for c in cfg.channels) or 'none'})", err=True)
+        sys.exit(1)
+    click.echo(f"Testing {channel.id} ({channel.type}) ...", err=True)
+    result = pm.hook.test_connection(channel=channel, settings=settings)
+    if result is None:
+        click.echo(f"error: no plugin implements test_connection for type {channel.type!r}", err=True)
+        sys.exit(1)
+    marks = {"ok": "ok", "warning": "warning", "error": "ERROR"}
+    for level, message in result.checks:
+        click.echo(f"  [{marks.get(level, level)}] {message}")
+    click.echo(f"{channel.id}: {result.status}")
+    sys.exit(0 if result.ok else 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        pm = get_plugin_manager()
+    except PluginError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    pm.hook.sophon_commands(cli=cli)
+    cli.main(args=argv, prog_name="sophon")

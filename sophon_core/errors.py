@@ -1,0 +1,65 @@
+"""Domain errors. Each carries a message written for the person who must fix it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with ``channels.json``.
+
+    Rendered as ``<channel id>: <json path>: <what is wrong and how to fix it>``.
+    """
+
+    channel_id: str
+    path: str
+    message: str
+    level: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.channel_id}: {where}{self.message}"
+
+
+class SophonError(Exception):
+    """Base class of every error Sophon raises on purpose."""
+
+
+class ConfigError(SophonError):
+    """``channels.json`` is unusable. ``problems`` lists every error at once."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = [p for p in problems if p.level == "error"]
+        self.warnings = [p for p in problems if p.level != "error"]
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source} is invalid ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class WebhookRejected(SophonError):
+    """A plugin refuses an inbound webhook; the core answers ``status`` with ``reason``.
+
+    ``reason`` goes to the caller and the log, so it must hold no secret.
+    """
+
+    def __init__(self, status: int, reason: str):
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{status}: {reason}")
+
+
+class SendError(SophonError):
+    """Sending failed. ``permanent`` means retrying the same message cannot help.
+
+    :param message: words a user can act on (no secrets).
+    :param code: the provider's error code when there is one (e.g. Twilio 21608).
+    :param sent_parts: parts of a split reply that were accepted before the failure.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None, permanent: bool = False,
+                 retry_after: float | None = None, sent_parts: tuple = ()):
+        self.code = code
+        self.permanent = permanent
+        self.retry_after = retry_after
+        self.sent_parts = sent_parts
+        super().__init__(message)

@@ -1,0 +1,151 @@
+"""The data every channel shares: channels, messages, results.
+
+Plugins receive and return these objects; nothing here knows about any
+particular channel.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class ChannelType:
+    """What a plugin declares about one channel type (see ``sophon_channel_types``).
+
+    :param name: the ``type`` value in ``channels.json`` and the URL segment of
+        its webhook, e.g. ``sms`` -> ``/api/channels/sms/webhook``.
+    :param display_name: shown to people, e.g. ``SMS (Twilio)``.
+    :param config_schema: JSON Schema (draft 2020-12) of the channel's ``config``
+        object. The single source of truth: validation, docs, dashboard form.
+        Properties marked ``"writeOnly": true`` are secrets: never echoed.
+    :param address_field: the ``config`` property naming the address the channel
+        answers on (a phone number for SMS). Two channels of one type may not
+        claim the same address.
+    :param routes: extra Falcon routes, ``{path: resource}``; the core mounts them
+        next to the webhook. Resources get the runtime through ``req.context``.
+    """
+
+    name: str
+    display_name: str
+    config_schema: Mapping[str, Any]
+    address_field: str | None = None
+    routes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def webhook_path(self) -> str:
+        return f"/api/channels/{self.name}/webhook"
+
+    @property
+    def secret_fields(self) -> frozenset[str]:
+        props = self.config_schema.get("properties", {})
+        return frozenset(k for k, v in props.items() if v.get("writeOnly"))
+
+
+@dataclass(frozen=True)
+class Routing:
+    agent_id: str = "default"
+    dm_behavior: str = "main-session"  # or "per-peer"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One validated entry of ``channels.json``."""
+
+    id: str
+    type: str
+    name: str
+    enabled: bool
+    config: Mapping[str, Any] = field(repr=False)
+    routing: Routing = Routing()
+    status: str | None = None
+    address: str | None = None  # config[ChannelType.address_field], set by the loader
+
+
+@dataclass(frozen=True)
+class DroppedAttachment:
+    """An attachment the channel received but cannot hand to the agent."""
+
+    content_type: str
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """A message someone sent to one of our channels.
+
+    :param provider_message_id: the provider's id (Twilio ``MessageSid``); the
+        pair (channel_id, provider_message_id) identifies the message.
+    :param canned_reply: when set, the pipeline sends this text back without
+        running the agent (e.g. "text only" for a media-only SMS).
+    """
+
+    channel_id: str
+    provider_message_id: str
+    sender: str
+    recipient: str
+    text: str
+    received_at: float = field(default_factory=time.time)
+    dropped_attachments: tuple[DroppedAttachment, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    canned_reply: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    channel_id: str
+    recipient: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SentPart:
+    """One provider message created by ``send`` (a long reply makes several)."""
+
+    provider_message_id: str
+    text: str
+    status: str = "queued"
+
+
+@dataclass(frozen=True)
+class ConnectionResult:
+    """What ``test_connection`` found, in words a user can act on.
+
+    :param ok: True when the channel can receive and send.
+    :param checks: each line a finding, e.g. ``("ok", "Account AC… is active")``
+        or ``("error", "Authentication error: …")``; levels ok/warning/error.
+    """
+
+    ok: bool
+    checks: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def status(self) -> str:
+        if self.ok:
+            return "connected"
+        reason = next((m for lvl, m in self.checks if lvl == "error"), "failed")
+        return f"error: {reason}"
+
+
+@dataclass(frozen=True)
+class WebhookReply:
+    """What ``handle_inbound`` returns: the HTTP answer plus the messages to process.
+
+    The core commits ``messages`` to the pipeline, then answers with
+    ``status``/``body``/``content_type``; the agent never runs inside the request.
+    """
+
+    body: str = ""
+    content_type: str = "text/plain"
+    status: int = 200
+    messages: tuple[InboundMessage, ...] = ()
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One entry of a session's history handed to an agent."""
+
+    role: str  # "user" or "agent"
+    text: str
+    sender: str
+    at: float

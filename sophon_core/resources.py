@@ -1,0 +1,62 @@
+"""Falcon resources of the core. They get the runtime as an argument."""
+from __future__ import annotations
+
+import logging
+import time
+
+import falcon
+
+from .errors import WebhookRejected
+from .models import ChannelType
+from .runtime import Runtime
+
+log = logging.getLogger("sophon.webhook")
+
+
+class WebhookResource:
+    """``POST /api/channels/<type>/webhook``: bound the body, hand it to the plugin, queue."""
+
+    def __init__(self, runtime: Runtime, channel_type: ChannelType):
+        self.runtime = runtime
+        self.type = channel_type
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
+        limit = self.runtime.settings.max_body_bytes
+        if req.content_length is not None and req.content_length > limit:
+            raise WebhookRejected(413, f"request body is {req.content_length} bytes; the limit is {limit}")
+        body = req.bounded_stream.read(limit + 1)
+        if len(body) > limit:
+            raise WebhookRejected(413, f"request body is over the {limit}-byte limit")
+        req.context.body = body
+        reply = self.runtime.pm.hook.handle_inbound(
+            channel_type=self.type.name, request=req,
+            channels=self.runtime.config.of_type(self.type.name), settings=self.runtime.settings)
+        if reply is None:
+            raise WebhookRejected(500, f"no plugin handles webhooks of type {self.type.name!r}")
+        self.runtime.pipeline.accept(reply.messages)
+        resp.status = reply.status
+        resp.content_type = reply.content_type
+        resp.text = reply.body
+        log.debug("webhook %s acknowledged in %.1f ms", self.type.name,
+                  (time.perf_counter() - started) * 1000)
+
+
+class HealthResource:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {
+            "status": "ok",
+            "channel_types": sorted(self.runtime.types),
+            "active_channels": [c.id for c in self.runtime.config.channels if c.enabled],
+        }
+
+
+def handle_rejection(req: falcon.Request, resp: falcon.Response, ex: WebhookRejected, params) -> None:
+    """Domain error -> HTTP answer with the reason (which never holds a secret)."""
+    log.warning("%s %s rejected with %d: %s", req.method, req.path, ex.status, ex.reason)
+    resp.status = ex.status
+    resp.content_type = falcon.MEDIA_TEXT
+    resp.text = ex.reason + "\n"

@@ -1,0 +1,34 @@
+"""Run the app under gunicorn as a child process (``sophon serve``)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Mapping
+
+APP = "sophon_core.app:create_app()"
+
+
+def gunicorn_argv(bind: str, workers: int, threads: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
+            "--worker-class", "gthread", "--threads", str(threads), "--graceful-timeout", "20",
+            "--access-logfile", "-", APP]
+
+
+def run_gunicorn(bind: str, workers: int, threads: int, env: Mapping[str, str] | None = None) -> int:
+    """Start gunicorn, forward Ctrl-C / SIGTERM to it, return its exit code."""
+    proc = subprocess.Popen(gunicorn_argv(bind, workers, threads), env=dict(env or os.environ))
+
+    def forward(signum, frame):
+        proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)

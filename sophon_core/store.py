@@ -1,0 +1,94 @@
+"""SQLite state under ``SOPHON_DATA_DIR``: message log, sessions, dedupe.
+
+One connection per thread; WAL mode so several gunicorn workers can write.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from .models import InboundMessage, Turn
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id          INTEGER PRIMARY KEY,
+    channel_id  TEXT NOT NULL,
+    direction   TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    provider_id TEXT,
+    peer        TEXT NOT NULL,
+    session_key TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    error       TEXT,
+    created_at  REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_inbound_once
+    ON messages (channel_id, provider_id) WHERE direction = 'in';
+CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_key, id);
+"""
+
+
+class Store:
+    """The message log. ``path`` is created with its folder on first use."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as db:
+            db.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            self._local.db = db
+        return db
+
+    def record_inbound(self, msg: InboundMessage, session_key: str) -> int | None:
+        """Store an inbound message once; ``None`` if (channel, provider id) was seen before."""
+        cur = self._conn().execute(
+            "INSERT OR IGNORE INTO messages (channel_id, direction, provider_id, peer, session_key,"
+            " text, status, created_at) VALUES (?, 'in', ?, ?, ?, ?, 'received', ?)",
+            (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text,
+             msg.received_at))
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    def record_outbound(self, channel_id: str, peer: str, session_key: str, text: str,
+                        status: str, provider_id: str | None = None,
+                        error: str | None = None) -> int:
+        cur = self._conn().execute(
+            "INSERT INTO messages (channel_id, direction, provider_id, peer, session_key, text,"
+            " status, error, created_at) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?)",
+            (channel_id, provider_id, peer, session_key, text, status, error, time.time()))
+        return cur.lastrowid
+
+    def set_status(self, row_id: int, status: str, error: str | None = None) -> None:
+        self._conn().execute("UPDATE messages SET status = ?, error = ? WHERE id = ?",
+                             (status, error, row_id))
+
+    def history(self, session_key: str, current_id: int, limit: int = 20) -> list[Turn]:
+        """The session's last ``limit`` turns before inbound row ``current_id``, oldest first.
+
+        Replies recorded after ``current_id`` arrived belong to earlier messages and
+        count; inbound messages that arrived after it are not handed over yet.
+        """
+        rows = self._conn().execute(
+            "SELECT direction, text, peer, created_at FROM messages WHERE session_key = ?"
+            " AND id != ? AND NOT (direction = 'in' AND id > ?)"
+            " AND (direction = 'in' OR status != 'failed') ORDER BY id DESC LIMIT ?",
+            (session_key, current_id, current_id, limit)).fetchall()
+        return [Turn("user" if d == "in" else "agent", t, p, at) for d, t, p, at in reversed(rows)]
+
+    def recent(self, limit: int = 50) -> list[dict]:
+        rows = self._conn().execute(
+            "SELECT id, channel_id, direction, provider_id, peer, text, status, error, created_at"
+            " FROM messages ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        keys = ("id", "channel_id", "direction", "provider_id", "peer", "text", "status", "error",
+                "created_at")
+        return [dict(zip(keys, r)) for r in rows]

@@ -1,0 +1,162 @@
+"""The core app with a throwaway channel type: ack fast, run the agent later, reply once."""
+from __future__ import annotations
+
+import threading
+import time
+
+import falcon.testing
+import pytest
+
+from dummy_channel import wait_sent
+from sophon_core.app import create_app
+from sophon_core.hookspecs import hookimpl
+from sophon_core.pipeline import APOLOGY
+
+from conftest import dummy_channel
+
+
+class Agents:
+    """Throwaway agents: 'history' shows what it was handed; 'boom' raises; 'slow' blocks."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.seen = []
+
+    @hookimpl
+    def sophon_agents(self):
+        outer = self
+
+        class History:
+            id = "history"
+
+            def reply(self, message, history):
+                outer.seen.append([(t.role, t.text) for t in history])
+                return f"{message.sender}:{message.text}:{len(history)}"
+
+        class Boom:
+            id = "boom"
+
+            def reply(self, message, history):
+                raise RuntimeError("agent exploded")
+
+        class Slow:
+            id = "slow"
+
+            def reply(self, message, history):
+                outer.release.wait(10)
+                return "too late"
+
+        return [History(), Boom(), Slow()]
+
+
+def post(client, sender="dummy:ann", text="hi", mid="m1", to="dummy:bob", token="s3cret-token"):
+    return client.simulate_post("/api/channels/dummy/webhook",
+                                json={"to": to, "from": sender, "id": mid, "text": text, "token": token})
+
+
+def test_webhook_acks_and_default_agent_replies(make_runtime, sent):
+    rt = make_runtime([dummy_channel()])
+    client = falcon.testing.TestClient(create_app(rt))
+    r = post(client)
+    assert (r.status_code, r.text) == (200, "ok")
+    assert wait_sent(1) == [("d1", "dummy:ann",
+                             'Sophon default agent (message 1 in this session). You said: "hi"')]
+
+
+def test_duplicate_delivery_is_answered_once(make_runtime, sent):
+    rt = make_runtime([dummy_channel()])
+    client = falcon.testing.TestClient(create_app(rt))
+    assert post(client, mid="same").status_code == 200
+    assert post(client, mid="same").status_code == 200
+    wait_sent(1)
+    time.sleep(0.3)
+    assert len(sent) == 1
+    assert [m["direction"] for m in rt.store.recent()] == ["out", "in"]
+
+
+def test_body_over_limit_is_413_and_nothing_is_stored(make_runtime, sent):
+    rt = make_runtime([dummy_channel()], max_body_bytes=1024)
+    client = falcon.testing.TestClient(create_app(rt))
+    r = post(client, text="x" * 2000)
+    assert r.status_code == 413 and "limit is 1024" in r.text
+    assert rt.store.recent() == []
+
+
+def test_unknown_route_and_rejections_change_nothing(make_runtime, sent):
+    rt = make_runtime([dummy_channel(), dummy_channel("off", "dummy:off", enabled=False)])
+    client = falcon.testing.TestClient(create_app(rt))
+    assert post(client, token="wrong").status_code == 403
+    assert post(client, to="dummy:off").status_code == 404
+    time.sleep(0.2)
+    assert rt.store.recent() == [] and sent == []
+
+
+@pytest.mark.parametrize("behavior,expected_second_history", [
+    ("main-session", [("user", "one"), ("agent", "dummy:ann:one:0")]),
+    ("per-peer", []),
+])
+def test_dm_behavior_decides_who_shares_a_session(make_runtime, sent, behavior, expected_second_history):
+    agents = Agents()
+    rt = make_runtime([dummy_channel(routing={"agentId": "history", "dmBehavior": behavior})], extra=[agents])
+    client = falcon.testing.TestClient(create_app(rt))
+    post(client, sender="dummy:ann", text="one", mid="1")
+    wait_sent(1)
+    post(client, sender="dummy:cat", text="two", mid="2")
+    wait_sent(2)
+    assert agents.seen[1] == expected_second_history
+    post(client, sender="dummy:ann", text="three", mid="3")
+    wait_sent(3)
+    assert ("user", "one") in agents.seen[2]
+
+
+def test_agent_that_raises_gets_an_apology_and_the_worker_lives(make_runtime, sent, caplog):
+    rt = make_runtime([dummy_channel(routing={"agentId": "boom"})], extra=[Agents()])
+    client = falcon.testing.TestClient(create_app(rt))
+    post(client, mid="a")
+    post(client, mid="b")
+    assert [s[2] for s in wait_sent(2)] == [APOLOGY, APOLOGY]
+    assert "agent 'boom' raised RuntimeError" in caplog.text
+
+
+def test_agent_that_times_out_gets_an_apology(make_runtime, sent, caplog):
+    agents = Agents()
+    rt = make_runtime([dummy_channel(routing={"agentId": "slow"})], extra=[agents], agent_timeout=0.5)
+    client = falcon.testing.TestClient(create_app(rt))
+    started = time.monotonic()
+    assert post(client).status_code == 200
+    assert time.monotonic() - started < 0.4  # the webhook never waits for the agent
+    assert [s[2] for s in wait_sent(1)] == [APOLOGY]
+    agents.release.set()
+    assert "took longer than 0 s" in caplog.text or "took longer than 1 s" in caplog.text
+
+
+def test_send_failure_is_recorded_with_its_reason(make_runtime, sent):
+    ch = dummy_channel()
+    ch["config"]["failWith"] = "permanent"
+    rt = make_runtime([ch])
+    client = falcon.testing.TestClient(create_app(rt))
+    post(client)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(rt.store.recent()) < 2:
+        time.sleep(0.05)
+    out = rt.store.recent()[0]
+    assert (out["direction"], out["status"], out["error"]) == ("out", "failed", "dummy refuses (permanent)")
+
+
+def test_secrets_are_redacted_from_logs(make_runtime, sent, caplog):
+    import logging
+
+    rt = make_runtime([dummy_channel(token="tok-SECRET-123")])
+    create_app(rt)
+    logging.getLogger("sophon.test").warning("leaking tok-SECRET-123 here")
+    handler = next(h for h in logging.getLogger().handlers if getattr(h, "_sophon", False))
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "token=%s", ("tok-SECRET-123",), None)
+    for f in handler.filters:
+        f.filter(record)
+    assert record.getMessage() == "token=***"
+
+
+def test_healthz(make_runtime):
+    rt = make_runtime([dummy_channel(), dummy_channel("off", "dummy:off", enabled=False)])
+    r = falcon.testing.TestClient(create_app(rt)).simulate_get("/healthz")
+    assert r.json == {"status": "ok", "channel_types": ["dummy"], "active_channels": ["d1"]}
