@@ -13,11 +13,6 @@ from sophon_core.runtime import Runtime  # noqa: E402
 from sophon_core.settings import Settings  # noqa: E402
 
 
-def dummy_channel(cid="d1", address="dummy:bob", token="s3cret-token", **extra):
-    return {"id": cid, "type": "dummy", "name": cid, "enabled": True,
-            "config": {"address": address, "token": token}, **extra}
-
-
 @pytest.fixture
 def write_channels(tmp_path):
     def write(channels):

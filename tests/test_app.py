@@ -7,12 +7,10 @@ import time
 import falcon.testing
 import pytest
 
-from dummy_channel import wait_sent
+from dummy_channel import dummy_channel, wait_sent
 from sophon_core.app import create_app
 from sophon_core.hookspecs import hookimpl
 from sophon_core.pipeline import APOLOGY
-
-from conftest import dummy_channel
 
 
 class Agents:

@@ -5,13 +5,11 @@ import json
 
 import pytest
 
-from dummy_channel import plugin as dummy_plugin
+from dummy_channel import dummy_channel, plugin as dummy_plugin
 from sophon_core import config as config_mod
 from sophon_core.errors import ConfigError
 from sophon_core.plugins import channel_types, get_plugin_manager
 from sophon_core.settings import Settings
-
-from conftest import dummy_channel
 
 
 @pytest.fixture

@@ -115,4 +115,11 @@ def test_every_installed_channel_type_honours_the_contract(type_name):
         owners = [i.plugin for i in getattr(pm.hook, hook).get_hookimpls()]
         assert plugin in owners, f"{type_name}: its plugin does not implement {hook}"
     # Foreign types are declined with None, so firstresult dispatch reaches the owner.
-    assert plugin.validate_config(channel_type="__other__", channel_id="x", config={}, settings=None) is None
+    class Foreign:
+        type = "__other__"
+
+    kwargs = {"channel_type": "__other__", "channel_id": "x", "config": {}, "settings": None,
+              "channel": Foreign(), "request": None, "channels": (), "message": None}
+    for hook in CHANNEL_HOOKS:
+        impl = next(i for i in getattr(pm.hook, hook).get_hookimpls() if i.plugin is plugin)
+        assert impl.function(*[kwargs[a] for a in impl.argnames]) is None, f"{type_name}: {hook}"

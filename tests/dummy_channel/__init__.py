@@ -26,7 +26,8 @@ SCHEMA = {
         "address": {"type": "string", "pattern": "^dummy:[a-z]+$", "description": "dummy address",
                     "x-errorMessage": "is not a dummy address (example: dummy:bob)"},
         "token": {"type": "string", "minLength": 8, "writeOnly": True, "description": "shared secret"},
-        "failWith": {"type": "string", "enum": ["none", "permanent", "transient"]},
+        "failWith": {"type": "string", "enum": ["none", "permanent", "transient"],
+                     "description": "make send fail (tests)"},
     },
 }
 
@@ -88,3 +89,8 @@ def wait_sent(n, timeout=10.0):
                 raise AssertionError(f"expected {n} sent message(s), got {len(SENT)}: {SENT}")
             SENT_EVENT.wait(left)
         return list(SENT)
+
+
+def dummy_channel(cid="d1", address="dummy:bob", token="s3cret-token", **extra):
+    return {"id": cid, "type": "dummy", "name": cid, "enabled": True,
+            "config": {"address": address, "token": token}, **extra}

@@ -67,8 +67,10 @@ def handle(req: falcon.Request, channels: Sequence[Channel], settings: Settings)
     signature = req.get_header("X-Twilio-Signature")
     if not signature:
         raise WebhookRejected(403, "missing X-Twilio-Signature header: only Twilio may call this webhook")
-    channel, url = _verify(req, form, signature, candidates, settings)
-
+    channel = _verify(req, form, signature, candidates, settings)
+    missing = [name for name in REQUIRED if not form.first(name)]
+    if missing:
+        raise WebhookRejected(400, f"missing required field(s): {', '.join(missing)}")
     if channel.config["phoneNumber"] != to:
         raise WebhookRejected(404, f"no SMS channel is configured for number {to or '(no To)'}")
     if account and account != channel.config["accountSid"]:
@@ -76,18 +78,15 @@ def handle(req: falcon.Request, channels: Sequence[Channel], settings: Settings)
     if not channel.enabled:
         raise WebhookRejected(404, f"the SMS channel {channel.id!r} for {to} is not activated "
                               "(set \"enabled\": true in channels.json)")
-    missing = [name for name in REQUIRED if not form.first(name)]
-    if missing:
-        raise WebhookRejected(400, f"missing required field(s): {', '.join(missing)}")
     return WebhookReply(body=EMPTY_TWIML, content_type="text/xml", messages=(_message(channel, form),))
 
 
-def _verify(req, form, signature, candidates, settings) -> tuple[Channel, str]:
+def _verify(req, form, signature, candidates, settings) -> Channel:
     urls = []
     for channel in candidates:
         url = signed_url(req, channel, settings)
         if RequestValidator(channel.config["authToken"]).validate(url, form, signature):
-            return channel, url
+            return channel
         urls.append(url)
     hint = "" if (settings.public_url or any(c.config.get("publicUrl") for c in candidates)) else (
         "; if Twilio calls a different URL (proxy, tunnel), set SOPHON_PUBLIC_URL")

@@ -1,0 +1,105 @@
+"""End to end: real gunicorn, real sandbox, real HTTP both ways, on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sophon_core.testing import free_port, gunicorn
+from sophon_sms_twilio.webhook import EMPTY_TWIML
+
+from sms_helpers import NUMBER, PEER, WEBHOOK, sms_channel
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[3]
+SOPHON = [sys.executable, "-c", "from sophon_core.cli import main; main()"]
+
+
+def test_signed_webhook_to_gunicorn_gets_200_and_reply_reaches_twilio_api(sandbox, account, sms_env, tmp_path):
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    sandbox.add_number(account.sid, "+15005550010", sms_url=public + WEBHOOK)
+    env = sms_env([sms_channel(account, number="+15005550010")], SOPHON_PUBLIC_URL=public)
+    with gunicorn(env, port=port, workers=2, log=tmp_path / "gunicorn.log"):
+        status, body = sandbox.send_inbound(from_=PEER, to="+15005550010", body="hello")
+        assert (status, body) == (200, EMPTY_TWIML)
+        (m,) = sandbox.wait_for_messages(1, to=PEER, timeout=15)
+        # a wrong signature never reaches the agent
+        status, _ = sandbox.send_inbound(from_=PEER, to="+15005550010", body="forged", signature="bm9wZQ==")
+        assert status == 403
+        time.sleep(0.5)
+    assert m["form"]["To"] == PEER and m["form"]["From"] == "+15005550010"
+    assert m["auth_user"] == account.sid
+    assert m["form"]["Body"] == 'Sophon default agent (message 1 in this session). You said: "hello"'
+    posts = [r for r in sandbox.requests() if r["method"] == "POST"]
+    assert [r["path"] for r in posts] == [f"/2010-04-01/Accounts/{account.sid}/Messages.json"]
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "X-Twilio-Signature does not match" in log
+    assert account.auth_token not in log
+
+
+def test_readme_quick_start_demo_and_simulate(tmp_path):
+    """`sophon sms demo` (what ./dev serve runs) then `sophon sms simulate "hello"`."""
+    web, box = free_port(), free_port()
+    env = {**os.environ, "SOPHON_CHANNELS": str(REPO / "channels.json"), "SOPHON_DATA_DIR": str(tmp_path)}
+    env.pop("SOPHON_TWILIO_API_URL", None)
+    log = open(tmp_path / "demo.log", "wb")
+    demo = subprocess.Popen([*SOPHON, "sms", "demo", "--bind", f"127.0.0.1:{web}", "--sandbox-port", str(box)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            out = subprocess.run([*SOPHON, "sms", "simulate", "hello", "--sandbox-url", f"http://127.0.0.1:{box}",
+                                  "--timeout", "10"], env=env, capture_output=True, text=True, timeout=60)
+            if out.returncode == 0 or time.monotonic() > deadline or demo.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert out.returncode == 0, (out.stdout, out.stderr, (tmp_path / "demo.log").read_text())
+        assert 'You said: "hello"' in out.stdout
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=40)
+        log.close()
+    assert demo.returncode == 0, (tmp_path / "demo.log").read_text()
+
+
+def test_invalid_channels_file_refuses_to_start(tmp_path, sandbox, account, sms_env):
+    bad = sms_channel(account, number="+1 234")
+    bad["config"]["accountSid"] = "AC123"
+    env = {**os.environ, **sms_env([bad, {"id": "x", "type": "whatsapp", "config": {}}])}
+    out = subprocess.run([*SOPHON, "serve", "--bind", f"127.0.0.1:{free_port()}"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "sms-twilio: config.phoneNumber: '+1 234' is not E.164 (example: +1234567890)" in out.stderr
+    assert "sms-twilio: config.accountSid: 'AC123' is not a Twilio Account SID" in out.stderr
+    assert "x: type: unknown channel type 'whatsapp'" in out.stderr
+    assert account.auth_token not in out.stderr + out.stdout
+    # plain gunicorn refuses too (the worker cannot boot)
+    with pytest.raises(RuntimeError, match="is not E.164"):
+        with gunicorn(sms_env([bad]), workers=1, log=tmp_path / "g.log", timeout=30):
+            pass
+
+
+def test_validate_command(tmp_path, sandbox, account, sms_env):
+    env = {**os.environ, **sms_env([sms_channel(account)])}
+    ok = subprocess.run([*SOPHON, "validate"], env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "1 channel(s): sms-twilio (sms, enabled)" in ok.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([sms_channel(account), sms_channel(account, "dup")]))
+    out = subprocess.run([*SOPHON, "validate", str(bad)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert f"dup: config.phoneNumber: {NUMBER} is already used by channel 'sms-twilio'" in out.stderr
+
+
+def test_repo_channels_json_is_the_sandbox_demo():
+    from sophon_sms_twilio.sandbox import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, DEMO_NUMBER
+
+    (ch,) = json.loads((REPO / "channels.json").read_text())["channels"]
+    assert ch["config"] == {"accountSid": DEMO_ACCOUNT_SID, "authToken": DEMO_AUTH_TOKEN,
+                            "phoneNumber": DEMO_NUMBER}

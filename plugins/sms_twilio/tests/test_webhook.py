@@ -1,0 +1,225 @@
+"""SMS webhook through the Falcon app; replies go to the sandbox over real HTTP."""
+from __future__ import annotations
+
+import logging
+import time
+
+import falcon.testing
+import pytest
+from twilio.request_validator import RequestValidator
+
+from sophon_core.app import create_app
+from sophon_core.hookspecs import hookimpl
+from sophon_sms_twilio.webhook import EMPTY_TWIML, TEXT_ONLY_REPLY, Form
+
+from sms_helpers import NUMBER, PEER, PUBLIC, WEBHOOK, inbound_form, post_signed, sms_channel
+
+
+@pytest.fixture
+def app(sms_runtime, account):
+    def make(channels=None, extra=(), **more):
+        rt = sms_runtime(channels or [sms_channel(account)], extra=extra, **more)
+        return rt, falcon.testing.TestClient(create_app(rt))
+    return make
+
+
+def test_twilio_published_signature_vector_validates_through_our_form():
+    # Twilio's documented example (docs: "Webhooks security").
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    form = Form({"CallSid": ["CA1234567890ABCDE"], "Caller": ["+14158675310"], "Digits": ["1234"],
+                 "From": ["+14158675310"], "To": ["+18005551212"]})
+    assert RequestValidator("12345").validate(url, form, "GvWf1cFY/Q7PnoempGyD5oXAezc=")
+    assert not RequestValidator("12346").validate(url, form, "GvWf1cFY/Q7PnoempGyD5oXAezc=")
+    form["Digits"] = ["1235"]
+    assert not RequestValidator("12345").validate(url, form, "GvWf1cFY/Q7PnoempGyD5oXAezc=")
+
+
+def test_signed_webhook_acks_with_empty_twiml_and_reply_is_sent_by_rest(app, account, sandbox):
+    rt, client = app()
+    r = post_signed(client, account.auth_token, inbound_form(account.sid, "hello"))
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/xml")
+    assert r.text == EMPTY_TWIML
+    (m,) = sandbox.wait_for_messages(1, to=PEER)
+    assert m["form"]["To"] == PEER and m["form"]["From"] == NUMBER
+    assert m["auth_user"] == account.sid and m["account_sid"] == account.sid
+    assert m["form"]["Body"] == 'Sophon default agent (message 1 in this session). You said: "hello"'
+
+
+def test_missing_or_wrong_signature_is_403_logs_the_url_and_changes_nothing(app, account, sandbox, caplog):
+    rt, client = app()
+    form = inbound_form(account.sid)
+    caplog.set_level(logging.WARNING)
+    r = post_signed(client, account.auth_token, form, signature="")
+    assert r.status_code == 403 and "missing X-Twilio-Signature" in r.text
+    r = post_signed(client, "not-the-token", form)
+    assert r.status_code == 403
+    assert f"checked URL {PUBLIC}{WEBHOOK}" in r.text
+    assert f"{PUBLIC}{WEBHOOK}" in caplog.text
+    # signed for another URL (e.g. a proxy rewrote it): rejected too
+    assert post_signed(client, account.auth_token, form, url="https://evil.example.com" + WEBHOOK).status_code == 403
+    # tampered body after signing
+    sig = RequestValidator(account.auth_token).compute_signature(PUBLIC + WEBHOOK, form)
+    assert post_signed(client, account.auth_token, {**form, "Body": "tampered"}, signature=sig).status_code == 403
+    time.sleep(0.3)
+    assert account.auth_token not in caplog.text + r.text
+    assert rt.store.recent() == [] and sandbox.messages() == []
+
+
+def test_without_public_url_the_requests_own_url_is_checked(app, account, sandbox):
+    rt, client = app(SOPHON_PUBLIC_URL="")
+    form = inbound_form(account.sid)
+    assert post_signed(client, account.auth_token, form).status_code == 403  # signed for bot.example.com
+    r = post_signed(client, account.auth_token, form, url="http://falconframework.org" + WEBHOOK)
+    assert r.status_code == 200
+    # behind a proxy that sets X-Forwarded-* headers (e.g. ngrok)
+    form2 = inbound_form(account.sid, sid="SM" + "b" * 32)
+    r = post_signed(client, account.auth_token, form2, url="https://abcd.ngrok.io" + WEBHOOK,
+                    headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "abcd.ngrok.io"})
+    assert r.status_code == 200
+
+
+def test_channel_public_url_overrides_the_environment(app, account, sandbox):
+    ch = sms_channel(account)
+    ch["config"]["publicUrl"] = "https://sms.example.org/prefix"
+    rt, client = app([ch])
+    form = inbound_form(account.sid)
+    assert post_signed(client, account.auth_token, form).status_code == 403
+    url = "https://sms.example.org/prefix" + WEBHOOK
+    assert post_signed(client, account.auth_token, form, url=url).status_code == 200
+
+
+def test_unknown_number_and_inactive_channel_are_404(app, account, sandbox):
+    rt, client = app([sms_channel(account), sms_channel(account, "off", "+15005550007", enabled=False)])
+    r = post_signed(client, account.auth_token, inbound_form(account.sid, to="+15550000000"))
+    assert r.status_code == 404 and "+15550000000" in r.text
+    r = post_signed(client, account.auth_token, inbound_form(account.sid, to="+15005550007"))
+    assert r.status_code == 404 and "'off'" in r.text and "not activated" in r.text
+    time.sleep(0.2)
+    assert rt.store.recent() == [] and sandbox.messages() == []
+
+
+@pytest.mark.parametrize("field", ["From", "To", "MessageSid"])
+def test_missing_required_field_is_400(app, account, sandbox, field):
+    rt, client = app()
+    form = inbound_form(account.sid)
+    del form[field]
+    r = post_signed(client, account.auth_token, form)
+    assert r.status_code == 400, r.text
+    assert f"missing required field(s): {field}" in r.text
+    assert rt.store.recent() == []
+
+
+def test_oversized_body_is_413_and_wrong_content_type_is_415(app, account, sandbox):
+    rt, client = app()
+    form = inbound_form(account.sid, "x" * (65 * 1024))
+    assert post_signed(client, account.auth_token, form).status_code == 413
+    r = client.simulate_post(WEBHOOK, json=inbound_form(account.sid),
+                             headers={"X-Twilio-Signature": "x"})
+    assert r.status_code == 415 and "application/x-www-form-urlencoded" in r.text
+    assert rt.store.recent() == []
+
+
+def test_duplicate_webhook_is_answered_once(app, account, sandbox):
+    rt, client = app()
+    form = inbound_form(account.sid, sid="SM" + "d" * 32)
+    assert post_signed(client, account.auth_token, form).status_code == 200
+    assert post_signed(client, account.auth_token, form).status_code == 200
+    sandbox.wait_for_messages(1, to=PEER)
+    time.sleep(0.5)
+    assert len(sandbox.messages(to=PEER)) == 1
+
+
+def test_media_only_message_gets_text_only_reply(app, account, sandbox):
+    rt, client = app()
+    form = inbound_form(account.sid, "", NumMedia="1", MediaUrl0="https://api.twilio.com/x.jpg",
+                        MediaContentType0="image/jpeg")
+    assert post_signed(client, account.auth_token, form).status_code == 200
+    (m,) = sandbox.wait_for_messages(1, to=PEER)
+    assert m["form"]["Body"] == TEXT_ONLY_REPLY
+
+
+class Recorder:
+    def __init__(self, reply=None):
+        self.got = []
+        self.reply_text = reply
+
+    @hookimpl
+    def sophon_agents(self):
+        outer = self
+
+        class A:
+            id = "rec"
+
+            def reply(self, message, history):
+                outer.got.append(message)
+                return outer.reply_text or "noted"
+
+        return [A()]
+
+
+def test_text_with_media_reaches_agent_with_a_note(app, account, sandbox):
+    rec = Recorder()
+    ch = sms_channel(account, routing={"agentId": "rec", "dmBehavior": "per-peer"})
+    rt, client = app([ch], extra=[rec])
+    form = inbound_form(account.sid, "look", NumMedia="2", MediaContentType0="image/png",
+                        MediaContentType1="video/mp4", MediaUrl0="https://api.twilio.com/a", MediaUrl1="https://api.twilio.com/b")
+    post_signed(client, account.auth_token, form)
+    sandbox.wait_for_messages(1, to=PEER)
+    (msg,) = rec.got
+    assert msg.text.startswith("look\n\n[The sender also attached 2 file(s) (image/png, video/mp4)")
+    assert [d.content_type for d in msg.dropped_attachments] == ["image/png", "video/mp4"]
+    assert (msg.sender, msg.recipient, msg.channel_id) == (PEER, NUMBER, "sms-twilio")
+
+
+def test_long_reply_is_split_and_sent_in_order(app, account, sandbox):
+    paragraphs = [f"Paragraph {i}. " + ("word " * 150).strip() for i in range(5)]
+    reply = "\n\n".join(paragraphs)
+    assert len(reply) > 3200
+    rec = Recorder(reply)
+    rt, client = app([sms_channel(account, routing={"agentId": "rec"})], extra=[rec])
+    post_signed(client, account.auth_token, inbound_form(account.sid))
+    msgs = sandbox.wait_for_messages(3, to=PEER)
+    time.sleep(0.3)
+    msgs = sandbox.messages(to=PEER)
+    bodies = [m["form"]["Body"] for m in msgs]
+    assert "".join(bodies) == reply
+    assert all(len(b) <= 1600 for b in bodies) and len(bodies) >= 3
+    # split at paragraph boundaries: every part starts a paragraph
+    assert all(b.startswith("Paragraph") for b in bodies)
+
+
+@pytest.mark.parametrize("setup,words", [
+    ("opt_out", "replied STOP"),
+    ("trial", "Trial account limitation"),
+    ("rate", "Queue overflow"),
+    ("auth", "Authentication error: the Account SID or Auth Token is wrong"),
+])
+def test_twilio_errors_are_recorded_in_the_product_pages_words(app, account, sandbox, setup, words):
+    ch = sms_channel(account)
+    if setup == "opt_out":
+        sandbox.opt_out(PEER)
+    elif setup == "trial":
+        trial = sandbox.add_account(type="Trial")
+        sandbox.add_number(trial.sid, "+15005550009", sms_url=PUBLIC + WEBHOOK)
+        ch = sms_channel(trial, number="+15005550009")
+        account = trial
+    elif setup == "rate":
+        sandbox.inject(path_suffix="/Messages.json", status=429, code=20429, times=1)
+    elif setup == "auth":
+        ch["config"]["authToken"] = "0" * 32
+    rt, client = app([ch])
+    form = inbound_form(account.sid, to=ch["config"]["phoneNumber"])
+    # with setup "auth" our copy of the token is wrong: the webhook passes (signed with
+    # what we hold) but Twilio's REST API refuses it
+    r = post_signed(client, ch["config"]["authToken"], form)
+    assert r.status_code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        out = [m for m in rt.store.recent() if m["direction"] == "out"]
+        if out:
+            break
+        time.sleep(0.05)
+    assert out[0]["status"] == "failed"
+    assert words in out[0]["error"]
+    assert sandbox.messages(to=PEER) == []
