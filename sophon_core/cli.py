@@ -20,7 +20,7 @@ def cli() -> None:
     """Sophon channels: put your bot on SMS (and more) through plugins."""
 
 
-def _load(path: str | None):
+def load_or_exit(path: str | None):
     """(settings, pm, types, config); exits 1 with every problem listed when invalid."""
     try:
         settings = Settings.from_env()
@@ -49,7 +49,7 @@ def _load(path: str | None):
 @click.argument("path", required=False)
 def validate(path: str | None) -> None:
     """Check channels.json (or PATH) without starting anything. Exit 1 when invalid."""
-    _, _, _, cfg = _load(path)
+    _, _, _, cfg = load_or_exit(path)
     listed = ", ".join(f"{c.id} ({c.type}, {'enabled' if c.enabled else 'disabled'})" for c in cfg.channels)
     click.echo(f"{cfg.source} is valid: {len(cfg.channels)} channel(s){': ' + listed if listed else ''}")
 
@@ -65,7 +65,7 @@ def serve(bind: str, workers: int, threads: int) -> None:
     """Validate channels.json, then serve the webhooks with gunicorn."""
     from .server import run_gunicorn
 
-    _load(None)
+    load_or_exit(None)
     click.echo(f"sophon: serving on http://{bind} with {workers} worker(s)", err=True)
     sys.exit(run_gunicorn(bind, workers, threads))
 
@@ -79,7 +79,7 @@ def channels() -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def channels_list(as_json: bool) -> None:
     """List channels with type, number, state and routing."""
-    _, _, types, cfg = _load(None)
+    _, _, types, cfg = load_or_exit(None)
     rows = [{"id": c.id, "type": c.type, "name": c.name, "address": c.address,
              "enabled": c.enabled, "agentId": c.routing.agent_id,
              "dmBehavior": c.routing.dm_behavior, "status": c.status} for c in cfg.channels]
@@ -98,7 +98,7 @@ def channels_list(as_json: bool) -> None:
 @click.argument("channel_id")
 def channels_test(channel_id: str) -> None:
     """Check a channel's credentials and provider setup (exit 1 on a problem)."""
-    settings, pm, _, cfg = _load(None)
+    settings, pm, _, cfg = load_or_exit(None)
     channel = cfg.get(channel_id)
     if channel is None:
         click.echo(f"error: no channel {channel_id!r} in {cfg.source} "

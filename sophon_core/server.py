@@ -11,9 +11,20 @@ APP = "sophon_core.app:create_app()"
 
 
 def gunicorn_argv(bind: str, workers: int, threads: int) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
+    argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
             "--worker-class", "gthread", "--threads", str(threads), "--graceful-timeout", "20",
-            "--access-logfile", "-", APP]
+            "--access-logfile", "-"]
+    if _has_setting("control_socket_disable"):
+        # Recent gunicorn opens a control socket under ~/.gunicorn by default; several
+        # servers on one machine (tests, demo) would fight over it.
+        argv.append("--no-control-socket")
+    return argv + [APP]
+
+
+def _has_setting(name: str) -> bool:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return any(s.name == name for s in KNOWN_SETTINGS)
 
 
 def run_gunicorn(bind: str, workers: int, threads: int, env: Mapping[str, str] | None = None) -> int:

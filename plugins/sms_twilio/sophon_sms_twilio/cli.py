@@ -38,8 +38,8 @@ def demo(bind: str, sandbox_port: int, workers: int) -> None:
         click.echo(f"sophon:  webhook {public}/api/channels/sms/webhook", err=True)
         click.echo('try:     sophon sms simulate "hello"   (or ./dev sophon sms simulate "hello")', err=True)
         os.environ.update(env)
-        from sophon_core.cli import _load
-        _load(None)  # refuse to start on an invalid channels.json
+        from sophon_core.cli import load_or_exit
+        load_or_exit(None)  # refuse to start on an invalid channels.json
         sys.exit(run_gunicorn(bind, workers, 4, env))
 
 
@@ -81,13 +81,15 @@ def simulate(text: str, from_: str | None, to: str | None, sandbox_url: str, tim
                    f"{(sent.get('body') or '').strip()}", err=True)
         sys.exit(1)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    quiet_until = None  # a long reply comes in several messages: print until 1.5 s of quiet
+    while time.monotonic() < deadline and (quiet_until is None or time.monotonic() < quiet_until):
         got = requests.get(f"{base}/_sandbox/messages", params={"to": from_, "after": after},
                            timeout=5).json()["messages"]
-        if got:
-            for m in got:
-                click.echo(f"{m['form'].get('From')} -> {from_}: {m['form'].get('Body')}")
-            return
+        for m in got:
+            click.echo(f"{m['form'].get('From')} -> {from_}: {m['form'].get('Body')}")
+            after = max(after, m["index"])
+            quiet_until = time.monotonic() + 1.5
         time.sleep(0.2)
-    click.echo(f"error: no reply within {timeout:.0f} s; see the server's log", err=True)
-    sys.exit(1)
+    if quiet_until is None:
+        click.echo(f"error: no reply within {timeout:.0f} s; see the server's log", err=True)
+        sys.exit(1)
