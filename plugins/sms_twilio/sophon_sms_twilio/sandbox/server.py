@@ -25,6 +25,7 @@ import secrets
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.error
@@ -342,6 +343,14 @@ class _Server(ThreadingHTTPServer):
             self._open.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (it timed out, or the sandbox stopped) is not an error."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError, OSError)):
+            log.debug("client %s went away: %s", client_address, error)
+        else:
+            log.exception("sandbox failed on a request from %s", client_address)
+
     def drop_connections(self) -> None:
         """Hang up idle keep-alive connections so their threads end with the server."""
         with self._open_lock:
@@ -597,7 +606,16 @@ class Sandbox:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
+        # shutdown() waits for serve_forever's next poll; a connection wakes it at once.
+        stopper = threading.Thread(target=server.shutdown, daemon=True)
+        stopper.start()
+        wake_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        while stopper.is_alive():
+            try:
+                socket.create_connection((wake_host, self.port), timeout=0.05).close()
+            except OSError:
+                pass
+            stopper.join(0.01)
         server.drop_connections()
         server.server_close()
         if self._thread is not None:
