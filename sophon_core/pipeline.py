@@ -36,8 +36,9 @@ class Pipeline:
         self.runtime = runtime
         self._jobs = ThreadPoolExecutor(workers, thread_name_prefix="sophon-job")
         self._agents = ThreadPoolExecutor(workers, thread_name_prefix="sophon-agent")
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        # Striped locks: messages of one session are handled one at a time, in order,
+        # with memory bounded whatever the number of sessions.
+        self._locks = tuple(threading.Lock() for _ in range(64))
 
     def accept(self, messages: Sequence[InboundMessage]) -> list[Future]:
         """Record each message (duplicates by provider id are dropped) and queue it."""
@@ -61,8 +62,7 @@ class Pipeline:
         self._agents.shutdown(wait=False)
 
     def _lock(self, key: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(key, threading.Lock())
+        return self._locks[hash(key) % len(self._locks)]
 
     def _process(self, channel: Channel, msg: InboundMessage, key: str, row: int) -> None:
         try:

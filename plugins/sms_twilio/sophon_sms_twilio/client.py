@@ -42,5 +42,7 @@ def client_for(config: Mapping[str, str], env: Mapping[str, str]) -> Client:
         if client is None:
             http = _BaseUrlHttpClient(base) if base != TWILIO_API else TwilioHttpClient(timeout=TIMEOUT)
             client = Client(config["accountSid"], config["authToken"], http_client=http)
+            if base != TWILIO_API:  # TWILIO_EDGE / TWILIO_REGION would move the host off the override
+                client.edge = client.region = None
             _clients[key] = client
         return client
