@@ -14,6 +14,7 @@ import falcon
 from . import logs
 from .resources import HealthResource, WebhookResource, handle_rejection
 from .errors import WebhookRejected
+from .plugins import PluginError
 from .runtime import Runtime
 
 log = logging.getLogger("sophon.app")
@@ -26,20 +27,40 @@ def create_app(runtime: Runtime | None = None) -> falcon.App:
     """
     runtime = runtime or Runtime.build()
     logs.configure(lambda: secrets_of(runtime))
-    app = falcon.App()
+    app = falcon.App(middleware=[RuntimeContext(runtime)])
     app.req_options.auto_parse_form_urlencoded = False
     app.add_error_handler(WebhookRejected, handle_rejection)
+    routes: dict[str, str] = {"/healthz": "the core"}
     app.add_route("/healthz", HealthResource(runtime))
     for ct in runtime.types.values():
-        app.add_route(ct.webhook_path, WebhookResource(runtime, ct))
+        mount(app, routes, ct.webhook_path, WebhookResource(runtime, ct), f"channel type {ct.name!r}")
+    for ct in runtime.types.values():
         for path, resource in ct.routes.items():
-            app.add_route(path, resource)
+            mount(app, routes, path, resource, f"channel type {ct.name!r}")
     active = [c.id for c in runtime.config.channels if c.enabled]
     log.info("serving %d channel type(s) (%s); active channels: %s", len(runtime.types),
              ", ".join(sorted(runtime.types)) or "none", ", ".join(active) or "none")
     for w in runtime.config.warnings:
         log.warning("%s", w)
     return app
+
+
+class RuntimeContext:
+    """Falcon middleware: plugin resources find the runtime in ``req.context.runtime``."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.runtime = self.runtime
+
+
+def mount(app: falcon.App, routes: dict[str, str], path: str, resource: object, owner: str) -> None:
+    """Add a route; a path claimed twice is a plugin bug that must not pass silently."""
+    if path in routes:
+        raise PluginError(f"{owner} declares route {path}, which {routes[path]} already serves")
+    routes[path] = owner
+    app.add_route(path, resource)
 
 
 def secrets_of(runtime: Runtime) -> list[str]:

@@ -28,10 +28,7 @@ def load_or_exit(path: str | None):
             settings = replace(settings, channels_path=Path(path))
         pm = get_plugin_manager(env=settings.env)
         types = channel_types(pm)
-        cfg = config_mod.load_file(settings.channels_path, types, pm, settings)
-        problems = config_mod.check_agents(cfg, agents(pm))
-        if problems:
-            raise ConfigError(cfg.source, problems)
+        cfg = config_mod.load_file(settings.channels_path, types, pm, settings, agents=agents(pm))
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         for w in exc.warnings:

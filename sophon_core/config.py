@@ -37,7 +37,7 @@ class ChannelsConfig:
 
 
 def load_file(path: Path, types: Mapping[str, ChannelType], pm: pluggy.PluginManager,
-              settings: Settings) -> ChannelsConfig:
+              settings: Settings, agents: Iterable[str] | None = None) -> ChannelsConfig:
     """Read and validate ``path``.
 
     :raises ConfigError: listing every problem (unreadable file, bad JSON,
@@ -56,15 +56,20 @@ def load_file(path: Path, types: Mapping[str, ChannelType], pm: pluggy.PluginMan
     except json.JSONDecodeError as exc:
         raise ConfigError(source, [Problem("(file)", f"line {exc.lineno} column {exc.colno}",
                                            f"not valid JSON: {exc.msg}")]) from None
-    return validate_data(data, types, pm, settings, source=source)
+    return validate_data(data, types, pm, settings, source=source, agents=agents)
 
 
 def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.PluginManager,
-                  settings: Settings, source: str = "channels.json") -> ChannelsConfig:
-    """Validate already-parsed JSON; see ``load_file``."""
+                  settings: Settings, source: str = "channels.json",
+                  agents: Iterable[str] | None = None) -> ChannelsConfig:
+    """Validate already-parsed JSON; see ``load_file``.
+
+    Every problem is collected in one pass: envelope, per-type schemas, the
+    plugins' ``validate_config``, duplicates and (when ``agents`` is given)
+    unknown ``routing.agentId`` values. No message shows a secret's value.
+    """
     data = _normalize(data)
     problems: list[Problem] = []
-    envelope_errors = list(jsonschema.Draft202012Validator(_ENVELOPE).iter_errors(data))
     raw_channels = data.get("channels") if isinstance(data, dict) else None
     raw_channels = raw_channels if isinstance(raw_channels, list) else []
 
@@ -74,7 +79,7 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
             return item["id"]
         return f"channels[{index}]"
 
-    for err in envelope_errors:
+    for err in jsonschema.Draft202012Validator(_ENVELOPE).iter_errors(data):
         p = list(err.absolute_path)
         if len(p) >= 2 and p[0] == "channels" and isinstance(p[1], int):
             problems.append(Problem(label(p[1]), _dotted(p[2:]), _message(err, {})))
@@ -86,8 +91,7 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
         if not isinstance(item, dict):
             continue
         cid = label(index)
-        ctype = item.get("type")
-        config = item.get("config")
+        ctype, config = item.get("type"), item.get("config")
         if not isinstance(ctype, str) or not isinstance(config, dict):
             continue  # already reported by the envelope schema
         if ctype not in types:
@@ -100,34 +104,58 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
         for err in config_errors:
             problems.append(Problem(cid, _dotted(["config", *err.absolute_path]),
                                     _message(err, ct.config_schema)))
-        if config_errors:
-            continue
-        extra = pm.hook.validate_config(channel_type=ctype, channel_id=cid, config=config,
-                                        settings=settings)
-        problems.extend(extra or ())
-        routing = item.get("routing") or {}
+        if not config_errors:
+            problems.extend(pm.hook.validate_config(channel_type=ctype, channel_id=cid, config=config,
+                                                    settings=settings) or ())
+        routing = item.get("routing") if isinstance(item.get("routing"), dict) else {}
         channels.append(Channel(
-            id=cid, type=ctype, name=item.get("name") or cid,
-            enabled=item.get("enabled", True), config=dict(config),
+            id=cid, type=ctype, name=item.get("name") if isinstance(item.get("name"), str) else cid,
+            enabled=item.get("enabled", True) is True, config=dict(config),
             routing=Routing(agent_id=routing.get("agentId", "default"),
                             dm_behavior=routing.get("dmBehavior", "main-session")),
-            status=item.get("status"),
-            address=config.get(ct.address_field) if ct.address_field else None,
+            status=item.get("status") if isinstance(item.get("status"), str) else None,
+            address=_address(config, ct),
         ))
 
     problems.extend(_duplicates(channels, types))
-    config = ChannelsConfig(source, tuple(channels), tuple(p for p in problems if p.level != "error"))
+    if agents is not None:
+        known = sorted(agents)
+        problems.extend(
+            Problem(c.id, "routing.agentId", f"no agent {c.routing.agent_id!r} is installed "
+                    f"(installed: {', '.join(known) or 'none'})")
+            for c in channels if isinstance(c.routing.agent_id, str) and c.routing.agent_id not in known)
+    problems = _scrub(problems, data, types)
     if any(p.level == "error" for p in problems):
         raise ConfigError(source, problems)
-    return config
+    return ChannelsConfig(source, tuple(channels), tuple(p for p in problems if p.level != "error"))
 
 
-def check_agents(config: ChannelsConfig, known: Iterable[str]) -> list[Problem]:
-    """Problems for channels whose ``routing.agentId`` names no installed agent."""
-    known = sorted(known)
-    return [Problem(c.id, "routing.agentId", f"no agent {c.routing.agent_id!r} is installed "
-                    f"(installed: {', '.join(known) or 'none'})")
-            for c in config.channels if c.routing.agent_id not in known]
+def _address(config: Mapping[str, Any], ct: ChannelType) -> str | None:
+    value = config.get(ct.address_field) if ct.address_field else None
+    return value if isinstance(value, str) else None
+
+
+def _scrub(problems: list[Problem], data: Any, types: Mapping[str, ChannelType]) -> list[Problem]:
+    """Belt and braces: replace any secret value found in the file by ``***`` in every message."""
+    secrets = set()
+    for item in (data.get("channels") if isinstance(data, dict) else None) or ():
+        config = item.get("config") if isinstance(item, dict) else None
+        if not isinstance(config, dict):
+            continue
+        for ct in types.values():
+            for name in ct.secret_fields:
+                value = config.get(name)
+                if isinstance(value, str) and len(value) >= 4:
+                    secrets.add(value)
+    if not secrets:
+        return problems
+    out = []
+    for p in problems:
+        message = p.message
+        for secret in sorted(secrets, key=len, reverse=True):
+            message = message.replace(secret, "***")
+        out.append(Problem(p.channel_id, p.path, message, p.level))
+    return out
 
 
 def _normalize(data: Any) -> Any:
@@ -155,7 +183,7 @@ def _duplicates(channels: list[Channel], types: Mapping[str, ChannelType]) -> li
             field_name = types[c.type].address_field
             problems.append(Problem(c.id, f"config.{field_name}",
                                     f"{c.address} is already used by channel {claimed[key]!r}; "
-                                    "each number can belong to one channel"))
+                                    f"each {field_name} can belong to one channel only"))
         else:
             claimed.setdefault(key, c.id)
     return problems
@@ -184,7 +212,7 @@ def _message(err: jsonschema.ValidationError, root: Mapping[str, Any]) -> str:
     """A fix-it message for one schema error. Never shows a secret's value."""
     schema = err.schema if isinstance(err.schema, Mapping) else {}
     secret = bool(schema.get("writeOnly")) or bool(_subschema(root, err.absolute_path).get("writeOnly"))
-    shown = "(hidden)" if secret else repr(err.instance)
+    shown = _show(err.instance, secret)
     v = err.validator
     if v == "required":
         name = next((n for n in err.validator_value if n not in err.instance), "?")
@@ -204,4 +232,16 @@ def _message(err: jsonschema.ValidationError, root: Mapping[str, Any]) -> str:
         return f"{shown} does not match the expected format ({err.validator_value})"
     if v in ("minLength", "maxLength"):
         return f"{'value' if secret else shown} is too {'short' if v == 'minLength' else 'long'} ({v} {err.validator_value})"
-    return err.message if not secret else f"invalid value ({v})"
+    return f"{shown} fails the schema's {v!r} rule"
+
+
+def _show(value: Any, secret: bool) -> str:
+    """How a failing value appears in a message: never a secret, never a whole object."""
+    if secret:
+        return "(hidden)"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,7 +1,7 @@
 """The built-in ``default`` agent: offline, deterministic, not an LLM.
 
 Registered through the ``sophon`` entry point group like any external plugin.
-It echoes the message and counts the conversation, which makes it a good
+It echoes the message and the sender's previous one, which makes it a good
 smoke test of routing and sessions.
 """
 from __future__ import annotations
@@ -16,11 +16,14 @@ class DefaultAgent:
     id = "default"
 
     def reply(self, message: InboundMessage, history: Sequence[Turn]) -> str:
-        n = 1 + sum(1 for t in history if t.role == "user")
         text = message.text.strip()
         if not text:
-            return "Sophon here. Your message had no text I could read."
-        return f'Sophon default agent (message {n} in this session). You said: "{text}"'
+            return "Sophon default agent. Your message had no text I could read."
+        reply = f'Sophon default agent. You said: "{text}"'
+        previous = next((t for t in reversed(history) if t.role == "user"), None)
+        if previous is not None:
+            reply += f' (before that: "{previous.text.strip()}")'
+        return reply
 
 
 @hookimpl

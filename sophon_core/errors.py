@@ -39,12 +39,15 @@ class ConfigError(SophonError):
 class WebhookRejected(SophonError):
     """A plugin refuses an inbound webhook; the core answers ``status`` with ``reason``.
 
-    ``reason`` goes to the caller and the log, so it must hold no secret.
+    :param reason: goes to the caller: short, no secret, nothing about other channels.
+    :param detail: goes only to the server log (e.g. the URL a signature was checked
+        against, which channels were tried); never a secret either.
     """
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, detail: str | None = None):
         self.status = status
         self.reason = reason
+        self.detail = detail
         super().__init__(f"{status}: {reason}")
 
 

@@ -40,8 +40,10 @@ def configure(secrets: Callable[[], Iterable[str]]) -> None:
         handler._sophon = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.setLevel(os.environ.get("SOPHON_LOG_LEVEL", "INFO").upper())
+    redact = RedactSecrets(secrets)
     for handler in root.handlers:
         if getattr(handler, "_sophon", False):
-            handler.filters = [RedactSecrets(secrets)]
-    # The twilio SDK logs every request and response at INFO: too chatty for a webhook server.
-    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+            handler.filters = [redact]
+    # gunicorn's error log has handlers of its own; a logger filter covers what it logs itself.
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    gunicorn_log.filters = [f for f in gunicorn_log.filters if not isinstance(f, RedactSecrets)] + [redact]

@@ -23,8 +23,9 @@ class ChannelType:
     :param address_field: the ``config`` property naming the address the channel
         answers on (a phone number for SMS). Two channels of one type may not
         claim the same address.
-    :param routes: extra Falcon routes, ``{path: resource}``; the core mounts them
-        next to the webhook. Resources get the runtime through ``req.context``.
+    :param routes: extra Falcon routes, ``{path: resource}`` (e.g. a delivery status
+        callback); the core mounts them next to the webhook and refuses to start if a
+        path is already taken. Resources find the runtime in ``req.context.runtime``.
     """
 
     name: str

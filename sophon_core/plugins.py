@@ -75,11 +75,21 @@ def channel_types(pm: pluggy.PluginManager) -> dict[str, ChannelType]:
 
 
 def agents(pm: pluggy.PluginManager) -> dict[str, object]:
-    """Every agent the registered plugins declare, by id (first one wins)."""
+    """Every agent the registered plugins declare, by id.
+
+    :raises PluginError: two agents share an id, or an agent lacks ``id``/``reply``.
+    """
     found: dict[str, object] = {}
     for group in pm.hook.sophon_agents():
         for agent in group or ():
-            found.setdefault(agent.id, agent)
+            agent_id = getattr(agent, "id", None)
+            if not isinstance(agent_id, str) or not callable(getattr(agent, "reply", None)):
+                raise PluginError(f"a plugin returned {agent!r} from sophon_agents; an agent needs "
+                                  "a string `id` and a `reply(message, history)` method")
+            if agent_id in found:
+                raise PluginError(f"two installed plugins provide an agent with id {agent_id!r}; "
+                                  "uninstall one or limit plugins with SOPHON_PLUGINS")
+            found[agent_id] = agent
     return found
 
 

@@ -25,7 +25,10 @@ class WebhookResource:
         limit = self.runtime.settings.max_body_bytes
         if req.content_length is not None and req.content_length > limit:
             raise WebhookRejected(413, f"request body is {req.content_length} bytes; the limit is {limit}")
-        body = req.bounded_stream.read(limit + 1)
+        if req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+            body = _read_upto(req.stream, limit + 1)  # the WSGI server decodes the chunks
+        else:
+            body = req.bounded_stream.read(limit + 1)
         if len(body) > limit:
             raise WebhookRejected(413, f"request body is over the {limit}-byte limit")
         req.context.body = body
@@ -34,12 +37,23 @@ class WebhookResource:
             channels=self.runtime.config.of_type(self.type.name), settings=self.runtime.settings)
         if reply is None:
             raise WebhookRejected(500, f"no plugin handles webhooks of type {self.type.name!r}")
-        self.runtime.pipeline.accept(reply.messages)
+        self.runtime.pipeline.accept(self.type.name, reply.messages)
         resp.status = reply.status
         resp.content_type = reply.content_type
         resp.text = reply.body
         log.debug("webhook %s acknowledged in %.1f ms", self.type.name,
                   (time.perf_counter() - started) * 1000)
+
+
+def _read_upto(stream, n: int) -> bytes:
+    chunks, size = [], 0
+    while size < n:
+        chunk = stream.read(n - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 class HealthResource:
@@ -56,7 +70,7 @@ class HealthResource:
 
 def handle_rejection(req: falcon.Request, resp: falcon.Response, ex: WebhookRejected, params) -> None:
     """Domain error -> HTTP answer with the reason (which never holds a secret)."""
-    log.warning("%s %s rejected with %d: %s", req.method, req.path, ex.status, ex.reason)
+    log.warning("%s %s rejected with %d: %s", req.method, req.path, ex.status, ex.detail or ex.reason)
     resp.status = ex.status
     resp.content_type = falcon.MEDIA_TEXT
     resp.text = ex.reason + "\n"

@@ -7,7 +7,6 @@ from typing import Iterable, Mapping
 import pluggy
 
 from . import config as config_mod
-from .errors import ConfigError
 from .models import ChannelType
 from .plugins import agents as find_agents
 from .plugins import channel_types, get_plugin_manager
@@ -37,11 +36,8 @@ class Runtime:
         settings = settings or Settings.from_env()
         pm = get_plugin_manager(extra_plugins, entrypoints=entrypoints, env=settings.env)
         types = channel_types(pm)
-        cfg = load_config(settings, pm, types)
         known = find_agents(pm)
-        problems = config_mod.check_agents(cfg, known)
-        if problems:
-            raise ConfigError(cfg.source, problems)
+        cfg = config_mod.load_file(settings.channels_path, types, pm, settings, agents=known)
         rt = cls(settings, pm, types, cfg, known, Store(settings.data_dir / "sophon.db"))
         rt.pipeline = Pipeline(rt)
         return rt
@@ -50,7 +46,3 @@ class Runtime:
         if self.pipeline is not None:
             self.pipeline.shutdown(wait=True)
 
-
-def load_config(settings: Settings, pm: pluggy.PluginManager,
-                types: Mapping[str, ChannelType]) -> config_mod.ChannelsConfig:
-    return config_mod.load_file(settings.channels_path, types, pm, settings)

@@ -20,7 +20,7 @@ class Settings:
     :param agent_timeout: ``SOPHON_AGENT_TIMEOUT`` seconds before an apology is sent.
     :param max_body_bytes: ``SOPHON_MAX_BODY_BYTES``: larger webhooks get 413.
     :param env: the whole environment, for plugins' own variables
-        (e.g. ``SOPHON_TWILIO_API_URL``).
+        (e.g. a provider API URL override).
     """
 
     channels_path: Path = Path("channels.json")

@@ -45,7 +45,7 @@ class Store:
         if db is None:
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA synchronous=FULL")  # an acknowledged message survives power loss
             db.execute("PRAGMA busy_timeout=10000")
             self._local.db = db
         return db

@@ -55,7 +55,8 @@ def test_every_problem_is_reported_at_once(env):
     assert "c: config: missing required field 'token' (shared secret)" in got
     assert any(p.startswith("c: routing.dmBehavior: 'group' is not one of: main-session, per-peer") for p in got)
     assert any(p.startswith("a: config: unknown field(s) 'extra'") for p in got)
-    assert len(got) == 5
+    assert "a: id: 2 channels share the id 'a'; ids must be unique" in got
+    assert len(got) == 6
 
 
 def test_duplicate_ids_and_addresses(env):
@@ -63,7 +64,7 @@ def test_duplicate_ids_and_addresses(env):
                                       dummy_channel("y", "dummy:bob")]})
     assert "x: id: 2 channels share the id 'x'; ids must be unique" in got
     assert ("y: config.address: dummy:bob is already used by channel 'x'; "
-            "each number can belong to one channel") in got
+            "each address can belong to one channel only") in got
 
 
 def test_plugin_validate_config_hook_runs_after_schema(env):
@@ -108,6 +109,45 @@ def test_file_errors(tmp_path, env):
     assert [str(p) for p in info.value.problems] == [
         "(file): missing required field 'channels'",
         "(file): unknown field(s) 'chanels' (allowed: $schema, channels)"]
+
+
+def test_duplicates_and_unknown_agents_are_reported_with_schema_errors(env):
+    pm, types, settings = env
+    with pytest.raises(ConfigError) as info:
+        config_mod.validate_data([dummy_channel("x", "dummy:bob", routing={"agentId": "gpt"}),
+                                  {**dummy_channel("y", "dummy:bob"), "enabled": "yes"}],
+                                 types, pm, settings, agents=["default"])
+    assert sorted(map(str, info.value.problems)) == [
+        "x: routing.agentId: no agent 'gpt' is installed (installed: default)",
+        "y: config.address: dummy:bob is already used by channel 'x'; each address can belong to one channel only",
+        "y: enabled: 'yes' should be of type boolean",
+    ]
+
+
+def test_a_secret_inside_a_misplaced_object_is_never_printed(env):
+    secret = "TOPSECRET-token-value"
+    channel = dummy_channel(token=secret)
+    for data in ({"channels": {"c": channel}}, {"channels": [channel], "extra": {"nested": channel}},
+                 {"channels": [{**channel, "routing": channel["config"]}]}):
+        with pytest.raises(ConfigError) as info:
+            validate(env, data)
+        assert secret not in str(info.value)
+
+
+def test_secret_is_scrubbed_even_from_a_plugins_own_messages(env):
+    from sophon_core.errors import Problem
+    from sophon_core.hookspecs import hookimpl
+    from sophon_core.plugins import get_plugin_manager
+
+    class Careless:
+        @hookimpl
+        def validate_config(self, channel_type, channel_id, config):
+            return [Problem(channel_id, "config.token", f"token {config['token']} looks odd")]
+
+    pm = get_plugin_manager([dummy_plugin, Careless()], entrypoints=False)  # last registered runs first
+    with pytest.raises(ConfigError) as info:
+        config_mod.validate_data([dummy_channel(token="careless-secret")], channel_types(pm), pm, Settings())
+    assert str(info.value.problems[0]) == "d1: config.token: token *** looks odd"
 
 
 def test_unknown_agent_is_an_error(make_runtime):

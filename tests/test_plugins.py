@@ -1,12 +1,16 @@
 """Plugin discovery, the SOPHON_PLUGINS filter, and the contract every channel type must pass."""
 from __future__ import annotations
 
+import falcon.testing
 import jsonschema
 import pytest
 
 from dummy_channel import plugin as dummy_plugin
 from sophon_core.hookspecs import hookimpl
+from sophon_core.errors import Problem, WebhookRejected
+from sophon_core.models import Channel
 from sophon_core.plugins import PluginError, channel_types, get_plugin_manager
+from sophon_core.settings import Settings
 
 CHANNEL_HOOKS = ("validate_config", "test_connection", "handle_inbound", "send")
 
@@ -114,6 +118,30 @@ def test_every_installed_channel_type_honours_the_contract(type_name):
     for hook in CHANNEL_HOOKS:
         owners = [i.plugin for i in getattr(pm.hook, hook).get_hookimpls()]
         assert plugin in owners, f"{type_name}: its plugin does not implement {hook}"
+    # Behaviour, on the schema's own examples (every type ships at least one).
+    examples = ct.config_schema.get("examples") or []
+    assert examples, f"{type_name}: give the config schema an 'examples' list"
+
+    def own(hook):
+        return next(i for i in getattr(pm.hook, hook).get_hookimpls() if i.plugin is plugin)
+
+    def call(hook, **kw):
+        impl = own(hook)
+        return impl.function(*[kw[a] for a in impl.argnames])
+
+    for example in examples:
+        assert not list(jsonschema.Draft202012Validator(ct.config_schema).iter_errors(example))
+        problems = call("validate_config", channel_type=type_name, channel_id="c", config=example,
+                        settings=Settings())
+        assert isinstance(problems, list) and all(isinstance(p, Problem) for p in problems)
+        channel = Channel(id="c", type=type_name, name="c", enabled=True, config=example,
+                          address=example.get(ct.address_field) if ct.address_field else None)
+        req = falcon.testing.create_req(method="POST", path=ct.webhook_path, body=b"")
+        req.context.body = b""
+        with pytest.raises(WebhookRejected) as info:  # an unauthenticated, empty request is refused
+            call("handle_inbound", channel_type=type_name, request=req, channels=(channel,), settings=Settings())
+        assert 400 <= info.value.status < 500
+
     # Foreign types are declined with None, so firstresult dispatch reaches the owner.
     class Foreign:
         type = "__other__"
@@ -123,3 +151,30 @@ def test_every_installed_channel_type_honours_the_contract(type_name):
     for hook in CHANNEL_HOOKS:
         impl = next(i for i in getattr(pm.hook, hook).get_hookimpls() if i.plugin is plugin)
         assert impl.function(*[kwargs[a] for a in impl.argnames]) is None, f"{type_name}: {hook}"
+
+
+def test_extra_routes_get_the_runtime_and_cannot_shadow_the_webhook(make_runtime):
+    import falcon.testing
+
+    from dummy_channel import SCHEMA, dummy_channel
+    from sophon_core.app import create_app
+    from sophon_core.models import ChannelType
+
+    class Status:
+        def on_get(self, req, resp):
+            resp.media = {"channels": [c.id for c in req.context.runtime.config.channels]}
+
+    def plugin_with(path):
+        class Extra:
+            @hookimpl
+            def sophon_channel_types(self):
+                return [ChannelType("extra", "Extra", SCHEMA, routes={path: Status()})]
+        return Extra()
+
+    rt = make_runtime([dummy_channel()], extra=[plugin_with("/api/channels/extra/status")])
+    client = falcon.testing.TestClient(create_app(rt))
+    assert client.simulate_get("/api/channels/extra/status").json == {"channels": ["d1"]}
+
+    rt = make_runtime([dummy_channel()], extra=[plugin_with("/api/channels/dummy/webhook")])
+    with pytest.raises(PluginError, match="declares route /api/channels/dummy/webhook, which channel type 'dummy'"):
+        create_app(rt)

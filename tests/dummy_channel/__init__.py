@@ -20,6 +20,7 @@ SENT_EVENT = threading.Condition(SENT_LOCK)
 
 SCHEMA = {
     "type": "object",
+    "examples": [{"address": "dummy:bob", "token": "s3cret-token"}],
     "required": ["address", "token"],
     "additionalProperties": False,
     "properties": {

@@ -37,7 +37,7 @@ def send_error(exc: TwilioRestException, *, to: str, from_: str) -> SendError:
     elif code in (30001, 20429) or status == 429:
         text = QUEUE_OVERFLOW
     elif status >= 500:
-        text = f"Twilio answered HTTP {status} (error {code}); it will be tried again later."
+        text = f"Twilio answered HTTP {status} (error {code}), a temporary failure; the reply was not delivered."
     else:
         text = (f"Twilio refused the message: {exc.msg} (error {code}, "
                 f"https://www.twilio.com/docs/errors/{code}).")

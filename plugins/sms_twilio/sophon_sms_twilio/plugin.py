@@ -7,12 +7,13 @@ is named like a test.
 from __future__ import annotations
 
 import json
+import logging
 from importlib.resources import files
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
-from sophon_core.errors import SendError
+from sophon_core.errors import Problem, SendError
 from sophon_core.hookspecs import hookimpl
 from sophon_core.models import ChannelType, SentPart
 from sophon_core.textsplit import split_text
@@ -23,6 +24,9 @@ from .errors import send_error
 
 TYPE = "sms"
 MAX_BODY = 1600  # characters Twilio accepts in one message
+
+# The twilio SDK logs every request and response at INFO: too chatty for a webhook server.
+logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
 CONFIG_SCHEMA = json.loads(files(__package__).joinpath("config.schema.json").read_text())
 
@@ -42,7 +46,12 @@ class SmsTwilioPlugin:
     def validate_config(self, channel_type, channel_id, config, settings):
         if channel_type != TYPE:
             return None
-        return []
+        if config.get("publicUrl") or settings.public_url:
+            return []
+        return [Problem(channel_id, "config.publicUrl",
+                        "neither SOPHON_PUBLIC_URL nor publicUrl is set: webhook signatures are checked "
+                        "against the URL each request names (its Host header). Set SOPHON_PUBLIC_URL to "
+                        "the base URL Twilio calls, e.g. https://bot.example.com", level="warning")]
 
     @hookimpl
     def test_connection(self, channel, settings):
@@ -72,7 +81,7 @@ class SmsTwilioPlugin:
                 raise err from None
             except (requests.RequestException, TwilioException, OSError) as exc:
                 raise SendError(f"Cannot reach Twilio at {api_base(settings.env)} "
-                                f"({type(exc).__name__}); it will be tried again later.",
+                                f"({type(exc).__name__}); the reply was not delivered.",
                                 sent_parts=tuple(sent)) from None
             sent.append(SentPart(created.sid, part, created.status or "queued"))
         return sent

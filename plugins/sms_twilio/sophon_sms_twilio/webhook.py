@@ -47,37 +47,53 @@ def parse_form(req: falcon.Request) -> Form:
 
 
 def signed_url(req: falcon.Request, channel: Channel, settings: Settings) -> str:
-    """The URL Twilio signed: the channel's publicUrl, else SOPHON_PUBLIC_URL, else the request's."""
+    """The URL Twilio signed: the channel's publicUrl, else SOPHON_PUBLIC_URL, else the request's.
+
+    The request's own URL uses its Host header and the scheme the WSGI server
+    determined (gunicorn honours X-Forwarded-Proto only from trusted proxies);
+    X-Forwarded-Host is not trusted.
+    """
     base = (channel.config.get("publicUrl") or settings.public_url or "").rstrip("/")
     if not base:
-        return req.forwarded_uri
+        return req.uri
     return base + req.path + (f"?{req.query_string}" if req.query_string else "")
 
 
+NO_CHANNEL = "no active SMS channel for this number (is the channel activated in Sophon?)"
+BAD_SIGNATURE = "invalid or missing X-Twilio-Signature"
+
+
 def handle(req: falcon.Request, channels: Sequence[Channel], settings: Settings) -> WebhookReply:
+    """Check, route and parse one inbound SMS webhook (see ``hookspecs.handle_inbound``).
+
+    Responses say little (the caller may not be Twilio); the log says what to fix.
+    """
     form = parse_form(req)
     to, account = form.first("To"), form.first("AccountSid")
-    candidates = [c for c in channels if to and c.config["phoneNumber"] == to]
-    if not candidates and account:
-        candidates = [c for c in channels if c.config["accountSid"] == account]
+    if to:
+        candidates = [c for c in channels if c.config["phoneNumber"] == to]
+    else:  # only to verify the signature before answering 400
+        candidates = [c for c in channels if account and c.config["accountSid"] == account]
     if not candidates:
-        raise WebhookRejected(404, f"no SMS channel is configured for number {to or '(no To)'}: "
-                              "add it to channels.json and activate it")
+        if not to:
+            raise WebhookRejected(400, "missing required field(s): To")
+        raise WebhookRejected(404, NO_CHANNEL, f"no SMS channel in channels.json has phoneNumber {to}; "
+                              "add one and activate it")
 
     signature = req.get_header("X-Twilio-Signature")
     if not signature:
-        raise WebhookRejected(403, "missing X-Twilio-Signature header: only Twilio may call this webhook")
+        raise WebhookRejected(403, BAD_SIGNATURE, "missing X-Twilio-Signature header: only Twilio may "
+                              "call this webhook")
     channel = _verify(req, form, signature, candidates, settings)
     missing = [name for name in REQUIRED if not form.first(name)]
     if missing:
         raise WebhookRejected(400, f"missing required field(s): {', '.join(missing)}")
-    if channel.config["phoneNumber"] != to:
-        raise WebhookRejected(404, f"no SMS channel is configured for number {to or '(no To)'}")
     if account and account != channel.config["accountSid"]:
-        raise WebhookRejected(404, f"number {to} belongs to another Twilio account than {account}")
+        raise WebhookRejected(404, NO_CHANNEL, f"{to} is configured in channel {channel.id!r} for "
+                              f"account {channel.config['accountSid']}, but the webhook is from {account}")
     if not channel.enabled:
-        raise WebhookRejected(404, f"the SMS channel {channel.id!r} for {to} is not activated "
-                              "(set \"enabled\": true in channels.json)")
+        raise WebhookRejected(404, NO_CHANNEL, f"the SMS channel {channel.id!r} for {to} is not "
+                              "activated (set \"enabled\": true in channels.json)")
     return WebhookReply(body=EMPTY_TWIML, content_type="text/xml", messages=(_message(channel, form),))
 
 
@@ -90,7 +106,7 @@ def _verify(req, form, signature, candidates, settings) -> Channel:
         urls.append(url)
     hint = "" if (settings.public_url or any(c.config.get("publicUrl") for c in candidates)) else (
         "; if Twilio calls a different URL (proxy, tunnel), set SOPHON_PUBLIC_URL")
-    raise WebhookRejected(403, f"X-Twilio-Signature does not match; checked URL "
+    raise WebhookRejected(403, BAD_SIGNATURE, f"X-Twilio-Signature does not match; checked URL "
                           f"{', '.join(dict.fromkeys(urls))} with the Auth Token of channel "
                           f"{', '.join(c.id for c in candidates)}{hint}")
 

@@ -1,7 +1,6 @@
 """test_connection against the sandbox: results a user can act on."""
 from __future__ import annotations
 
-from dataclasses import replace
 
 import pytest
 

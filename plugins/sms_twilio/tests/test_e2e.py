@@ -36,7 +36,7 @@ def test_signed_webhook_to_gunicorn_gets_200_and_reply_reaches_twilio_api(sandbo
         time.sleep(0.5)
     assert m["form"]["To"] == PEER and m["form"]["From"] == "+15005550010"
     assert m["auth_user"] == account.sid
-    assert m["form"]["Body"] == 'Sophon default agent (message 1 in this session). You said: "hello"'
+    assert m["form"]["Body"] == 'Sophon default agent. You said: "hello"'
     posts = [r for r in sandbox.requests() if r["method"] == "POST"]
     assert [r["path"] for r in posts] == [f"/2010-04-01/Accounts/{account.sid}/Messages.json"]
     log = (tmp_path / "gunicorn.log").read_text()
@@ -103,3 +103,34 @@ def test_repo_channels_json_is_the_sandbox_demo():
     (ch,) = json.loads((REPO / "channels.json").read_text())["channels"]
     assert ch["config"] == {"accountSid": DEMO_ACCOUNT_SID, "authToken": DEMO_AUTH_TOKEN,
                             "phoneNumber": DEMO_NUMBER}
+
+
+def test_chunked_webhooks_are_read_and_bounded(sandbox, account, sms_env, tmp_path):
+    """Transfer-Encoding: chunked (no Content-Length) through real gunicorn."""
+    import http.client
+    from urllib.parse import urlencode
+
+    from twilio.request_validator import RequestValidator
+
+    from sms_helpers import inbound_form
+
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    env = sms_env([sms_channel(account)], SOPHON_PUBLIC_URL=public)
+
+    def post_chunked(form):
+        sig = RequestValidator(account.auth_token).compute_signature(public + WEBHOOK, form)
+        body = urlencode(form).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        conn.request("POST", WEBHOOK, body=iter([body[:10], body[10:]]), encode_chunked=True,
+                     headers={"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": sig})
+        resp = conn.getresponse()
+        text = resp.read().decode()
+        conn.close()
+        return resp.status, text
+
+    with gunicorn(env, port=port, workers=1, log=tmp_path / "g.log"):
+        assert post_chunked(inbound_form(account.sid, "chunked hello")) == (200, EMPTY_TWIML)
+        sandbox.wait_for_messages(1, to=PEER, timeout=15)
+        status, text = post_chunked(inbound_form(account.sid, "x" * (1024 * 1024)))
+        assert status == 413 and "limit" in text

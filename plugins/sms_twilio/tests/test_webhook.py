@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import urlencode
 
 import falcon.testing
 import pytest
@@ -43,7 +44,7 @@ def test_signed_webhook_acks_with_empty_twiml_and_reply_is_sent_by_rest(app, acc
     (m,) = sandbox.wait_for_messages(1, to=PEER)
     assert m["form"]["To"] == PEER and m["form"]["From"] == NUMBER
     assert m["auth_user"] == account.sid and m["account_sid"] == account.sid
-    assert m["form"]["Body"] == 'Sophon default agent (message 1 in this session). You said: "hello"'
+    assert m["form"]["Body"] == 'Sophon default agent. You said: "hello"'
 
 
 def test_missing_or_wrong_signature_is_403_logs_the_url_and_changes_nothing(app, account, sandbox, caplog):
@@ -51,31 +52,43 @@ def test_missing_or_wrong_signature_is_403_logs_the_url_and_changes_nothing(app,
     form = inbound_form(account.sid)
     caplog.set_level(logging.WARNING)
     r = post_signed(client, account.auth_token, form, signature="")
-    assert r.status_code == 403 and "missing X-Twilio-Signature" in r.text
+    assert (r.status_code, r.text) == (403, "invalid or missing X-Twilio-Signature\n")
+    assert "missing X-Twilio-Signature header" in caplog.text
     r = post_signed(client, "not-the-token", form)
-    assert r.status_code == 403
-    assert f"checked URL {PUBLIC}{WEBHOOK}" in r.text
-    assert f"{PUBLIC}{WEBHOOK}" in caplog.text
+    assert (r.status_code, r.text) == (403, "invalid or missing X-Twilio-Signature\n")
+    # the log names the URL that was checked and the channel, the response does not
+    assert f"checked URL {PUBLIC}{WEBHOOK} with the Auth Token of channel sms-twilio" in caplog.text
     # signed for another URL (e.g. a proxy rewrote it): rejected too
     assert post_signed(client, account.auth_token, form, url="https://evil.example.com" + WEBHOOK).status_code == 403
     # tampered body after signing
     sig = RequestValidator(account.auth_token).compute_signature(PUBLIC + WEBHOOK, form)
     assert post_signed(client, account.auth_token, {**form, "Body": "tampered"}, signature=sig).status_code == 403
     time.sleep(0.3)
-    assert account.auth_token not in caplog.text + r.text
+    assert account.auth_token not in caplog.text
     assert rt.store.recent() == [] and sandbox.messages() == []
 
 
-def test_without_public_url_the_requests_own_url_is_checked(app, account, sandbox):
+def test_without_public_url_the_requests_own_url_is_checked(app, account, sandbox, caplog):
     rt, client = app(SOPHON_PUBLIC_URL="")
+    assert [str(w) for w in rt.config.warnings] == [
+        "sms-twilio: config.publicUrl: neither SOPHON_PUBLIC_URL nor publicUrl is set: webhook signatures "
+        "are checked against the URL each request names (its Host header). Set SOPHON_PUBLIC_URL to the "
+        "base URL Twilio calls, e.g. https://bot.example.com"]
     form = inbound_form(account.sid)
     assert post_signed(client, account.auth_token, form).status_code == 403  # signed for bot.example.com
     r = post_signed(client, account.auth_token, form, url="http://falconframework.org" + WEBHOOK)
     assert r.status_code == 200
-    # behind a proxy that sets X-Forwarded-* headers (e.g. ngrok)
+    # The Host header and the scheme the server saw (gunicorn applies X-Forwarded-Proto from trusted
+    # proxies only) make the URL; X-Forwarded-Host from the caller is not trusted.
     form2 = inbound_form(account.sid, sid="SM" + "b" * 32)
-    r = post_signed(client, account.auth_token, form2, url="https://abcd.ngrok.io" + WEBHOOK,
-                    headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "abcd.ngrok.io"})
+    sig = RequestValidator(account.auth_token).compute_signature("https://abcd.ngrok.io" + WEBHOOK, form2)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": sig}
+    r = client.simulate_post(WEBHOOK, body=urlencode(form2), protocol="https",
+                             headers={**headers, "X-Forwarded-Host": "abcd.ngrok.io"})
+    assert r.status_code == 403
+    assert "checked URL https://falconframework.org" in caplog.text
+    r = client.simulate_post(WEBHOOK, body=urlencode(form2), protocol="https", host="abcd.ngrok.io",
+                             headers=headers)
     assert r.status_code == 200
 
 
@@ -89,12 +102,18 @@ def test_channel_public_url_overrides_the_environment(app, account, sandbox):
     assert post_signed(client, account.auth_token, form, url=url).status_code == 200
 
 
-def test_unknown_number_and_inactive_channel_are_404(app, account, sandbox):
+def test_unknown_number_and_inactive_channel_are_404(app, account, sandbox, caplog):
     rt, client = app([sms_channel(account), sms_channel(account, "off", "+15005550007", enabled=False)])
     r = post_signed(client, account.auth_token, inbound_form(account.sid, to="+15550000000"))
-    assert r.status_code == 404 and "+15550000000" in r.text
+    assert r.status_code == 404 and "is the channel activated" in r.text
+    assert "no SMS channel in channels.json has phoneNumber +15550000000" in caplog.text
     r = post_signed(client, account.auth_token, inbound_form(account.sid, to="+15005550007"))
-    assert r.status_code == 404 and "'off'" in r.text and "not activated" in r.text
+    assert r.status_code == 404 and "'off'" not in r.text
+    assert "the SMS channel 'off' for +15005550007 is not activated" in caplog.text
+    # a number of another account: signed with that account's token, still 404
+    other = sandbox.add_account()
+    r = post_signed(client, account.auth_token, inbound_form(other.sid))
+    assert r.status_code == 404 and f"but the webhook is from {other.sid}" in caplog.text
     time.sleep(0.2)
     assert rt.store.recent() == [] and sandbox.messages() == []
 
