@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--sync", choices=("FULL", "NORMAL"), default="FULL", help="SOPHON_SQLITE_SYNC")
     ap.add_argument("--max-seconds", type=float, default=120.0, help="stop sending after this long")
     args = ap.parse_args()
 
@@ -49,7 +50,7 @@ def main() -> None:
                                                    "phoneNumber": NUMBER},
             "routing": {"agentId": "default", "dmBehavior": "per-peer"}}]}))
         env = {"SOPHON_CHANNELS": str(channels), "SOPHON_DATA_DIR": str(Path(tmp) / "data"),
-               "SOPHON_PUBLIC_URL": public, "SOPHON_TWILIO_API_URL": box.url, "SOPHON_LOG_LEVEL": "WARNING"}
+               "SOPHON_PUBLIC_URL": public, "SOPHON_TWILIO_API_URL": box.url, "SOPHON_LOG_LEVEL": "WARNING", "SOPHON_SQLITE_SYNC": args.sync}
 
         validator = RequestValidator(acct.auth_token)
         bodies = []
@@ -103,7 +104,7 @@ def main() -> None:
 
         q = statistics.quantiles(latencies, n=100)
         print(f"webhook ack: {sent} signed requests, {args.connections} connections, "
-              f"{args.workers} worker(s) x {args.threads} threads")
+              f"{args.workers} worker(s) x {args.threads} threads, SOPHON_SQLITE_SYNC={args.sync}")
         print(f"  requests/s  {sent / elapsed:8.0f}")
         print(f"  p50         {q[49] * 1000:8.1f} ms")
         print(f"  p99         {q[98] * 1000:8.1f} ms")

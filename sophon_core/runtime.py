@@ -38,7 +38,7 @@ class Runtime:
         types = channel_types(pm)
         known = find_agents(pm)
         cfg = config_mod.load_file(settings.channels_path, types, pm, settings, agents=known)
-        rt = cls(settings, pm, types, cfg, known, Store(settings.data_dir / "sophon.db"))
+        rt = cls(settings, pm, types, cfg, known, Store(settings.data_dir / "sophon.db", settings.sqlite_synchronous))
         rt.pipeline = Pipeline(rt)
         return rt
 

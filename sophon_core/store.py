@@ -33,7 +33,10 @@ CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_key, id);
 class Store:
     """The message log. ``path`` is created with its folder on first use."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, synchronous: str = "FULL"):
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"SQLite synchronous mode must be FULL or NORMAL, not {synchronous!r}")
+        self.synchronous = synchronous
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -45,7 +48,8 @@ class Store:
         if db is None:
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # an acknowledged message survives power loss
+            # FULL: an acknowledged message survives power loss; NORMAL: process crashes only.
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.execute("PRAGMA busy_timeout=10000")
             self._local.db = db
         return db
