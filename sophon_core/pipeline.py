@@ -95,7 +95,7 @@ class Pipeline:
 
     def _process(self, channel: Channel, msg: InboundMessage, key: str, row: int) -> None:
         text = msg.canned_reply if msg.canned_reply is not None else self._ask_agent(channel, msg, key, row)
-        self.send(channel, OutboundMessage(channel.id, msg.sender, text), key)
+        self.send(channel, OutboundMessage(channel.id, msg.sender, text), key, reply_to=row)
 
     def _ask_agent(self, channel: Channel, msg: InboundMessage, key: str, row: int) -> str:
         agent = self.runtime.agents.get(channel.routing.agent_id)
@@ -140,7 +140,7 @@ class Pipeline:
             return APOLOGY
         return reply
 
-    def send(self, channel: Channel, out: OutboundMessage, key: str) -> None:
+    def send(self, channel: Channel, out: OutboundMessage, key: str, reply_to: int | None = None) -> None:
         """Send through the channel's plugin and record the outcome."""
         store = self.runtime.store
         try:
@@ -148,13 +148,14 @@ class Pipeline:
         except SendError as exc:
             for part in exc.sent_parts:
                 store.record_outbound(channel.id, out.recipient, key, part.text, part.status,
-                                      part.provider_message_id)
-            store.record_outbound(channel.id, out.recipient, key, out.text, "failed", error=str(exc))
+                                      part.provider_message_id, reply_to=reply_to)
+            store.record_outbound(channel.id, out.recipient, key, out.text, "failed", error=str(exc),
+                                  reply_to=reply_to)
             log.error("sending to %s on %s failed: %s", out.recipient, channel.id, exc)
             return
         if parts is None:
             raise RuntimeError(f"no plugin implements send for channel type {channel.type!r}")
         for part in parts:
             store.record_outbound(channel.id, out.recipient, key, part.text, part.status,
-                                  part.provider_message_id)
+                                  part.provider_message_id, reply_to=reply_to)
         log.info("replied to %s on %s in %d message(s)", out.recipient, channel.id, len(parts))

@@ -22,11 +22,12 @@ CREATE TABLE IF NOT EXISTS messages (
     text        TEXT NOT NULL,
     status      TEXT NOT NULL,
     error       TEXT,
+    reply_to    INTEGER,          -- outbound: the inbound row it answers
     created_at  REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_inbound_once
     ON messages (channel_id, provider_id) WHERE direction = 'in';
-CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_key, id);
+CREATE INDEX IF NOT EXISTS messages_by_turn ON messages (session_key, COALESCE(reply_to, id), id);
 """
 
 
@@ -65,11 +66,12 @@ class Store:
 
     def record_outbound(self, channel_id: str, peer: str, session_key: str, text: str,
                         status: str, provider_id: str | None = None,
-                        error: str | None = None) -> int:
+                        error: str | None = None, reply_to: int | None = None) -> int:
+        """Store one outbound message; ``reply_to`` is the inbound row it answers."""
         cur = self._conn().execute(
             "INSERT INTO messages (channel_id, direction, provider_id, peer, session_key, text,"
-            " status, error, created_at) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?)",
-            (channel_id, provider_id, peer, session_key, text, status, error, time.time()))
+            " status, error, reply_to, created_at) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (channel_id, provider_id, peer, session_key, text, status, error, reply_to, time.time()))
         return cur.lastrowid
 
     def set_status(self, row_id: int, status: str, error: str | None = None) -> None:
@@ -79,14 +81,14 @@ class Store:
     def history(self, session_key: str, current_id: int, limit: int = 20) -> list[Turn]:
         """The session's last ``limit`` turns before inbound row ``current_id``, oldest first.
 
-        Replies recorded after ``current_id`` arrived belong to earlier messages and
-        count; inbound messages that arrived after it are not handed over yet.
+        Conversation order, not insertion order: a reply sits right after the
+        message it answers, even when later messages were stored before it.
         """
         rows = self._conn().execute(
             "SELECT direction, text, peer, created_at FROM messages WHERE session_key = ?"
-            " AND id != ? AND NOT (direction = 'in' AND id > ?)"
-            " AND (direction = 'in' OR status != 'failed') ORDER BY id DESC LIMIT ?",
-            (session_key, current_id, current_id, limit)).fetchall()
+            " AND COALESCE(reply_to, id) < ? AND (direction = 'in' OR status != 'failed')"
+            " ORDER BY COALESCE(reply_to, id) DESC, id DESC LIMIT ?",
+            (session_key, current_id, limit)).fetchall()
         return [Turn("user" if d == "in" else "agent", t, p, at) for d, t, p, at in reversed(rows)]
 
     def recent(self, limit: int = 50) -> list[dict]:
