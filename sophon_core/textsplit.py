@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
+from functools import lru_cache
 
 __all__ = ["MIN_LIMIT", "split_text", "utf16_len"]
 
@@ -21,21 +22,30 @@ MIN_LIMIT = 16
 _ZWJ = "\u200d"
 # Line breaks as str.splitlines() knows them; "\r\n" is one break, never two.
 _LB = r"(?:\r\n|\r(?!\n)|[\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029])"
-# Maximal whitespace runs (\s is exactly str.isspace) ...
-_WS_RUN_RE = re.compile(r"\s+")
-# ... holding a blank line (two line breaks) or a PARAGRAPH SEPARATOR,
-_PARA_RE = re.compile(rf"(?<!\s)\s*?(?:{_LB}\s*?{_LB}|\u2029)\s*")
-# ... holding at least one line break,
-_LINE_RE = re.compile(rf"(?<!\s)\s*?{_LB}\s*")
-# ... or following a sentence terminator (optionally closed by up to two quotes/brackets).
 _TERMINATORS = ".!?\u2026\u3002\uff01\uff1f"  # . ! ? … 。 ！ ？
 _CLOSERS = "\"')]}\u2019\u201d\u00bb\u300d\u300f\uff09"  # " ' ) ] } ’ ” » 」 』 ）
+_CJK_TERMINATORS = "\u3002\uff01\uff1f"  # inside a hard cut, prefer cutting right after these
 _T = "[" + re.escape(_TERMINATORS) + "]"
 _C = "[" + re.escape(_CLOSERS) + "]"
-_SENT_RE = re.compile(rf"(?:(?<={_T})|(?<={_T}{_C})|(?<={_T}{_C}{_C}))\s+")
-# CJK text rarely has spaces: inside a hard cut, prefer cutting right after these.
-_CJK_TERMINATORS = "\u3002\uff01\uff1f"
-_ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
+_T_OR_C = "[" + re.escape(_TERMINATORS + _CLOSERS) + "]"
+_AFTER_TERMINATOR = rf"(?:(?<={_T})|(?<={_T}{_C})|(?<={_T}{_C}{_C}))"
+
+# Boundary levels, best first.  ``\s`` is exactly ``str.isspace``.  Each pattern is
+# matched from the window start with the window end as endpos; the greedy ``.*``
+# makes it find the *latest* qualifying whitespace run, whose start is group 1.
+_PARA, _LINE, _SENTENCE, _WORD = range(4)
+_LEVEL_RES = (
+    re.compile(rf"(?s:.*)\S(?=\s)(\s*?(?:{_LB}\s*?{_LB}|\u2029))"),  # blank line
+    re.compile(rf"(?s:.*)\S(?=\s)(\s*?{_LB})"),  # line break
+    re.compile(rf"(?s:.+)(?=\s)(?<={_T_OR_C}){_AFTER_TERMINATOR}(\s)"),  # sentence end
+    re.compile(r"(?s:.*)\S(\s)"),  # any whitespace
+)
+_SENT_END_RE = re.compile(_AFTER_TERMINATOR)
+_LB_CHARS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_LB_RE = re.compile(_LB)
+_SPACES_RE = re.compile(r"\s*")
+_NONSPACE_RE = re.compile(r"\S")
+_LAST_NONSPACE_RE = re.compile(r"(?s:.*)\S")
 _RI_RUN_RE = re.compile("[\U0001f1e6-\U0001f1ff]{2,}")
 
 
@@ -49,6 +59,7 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
+@lru_cache(maxsize=4096)
 def _is_extend(ch: str) -> bool:
     """True if ``ch`` attaches to the preceding character (no break before it)."""
     o = ord(ch)
@@ -57,9 +68,34 @@ def _is_extend(ch: str) -> bool:
         or 0xE0100 <= o <= 0xE01EF  # variation selectors supplement
         or 0x1F3FB <= o <= 0x1F3FF  # emoji skin tone modifiers
         or 0xE0020 <= o <= 0xE007F  # tag characters (subdivision flags)
+        or 0x1160 <= o <= 0x11FF  # Hangul medial vowel and final consonant jamo
+        or 0xD7B0 <= o <= 0xD7FF  # Hangul jamo extended-B (V and T)
     ):
         return True
     return unicodedata.combining(ch) != 0 or unicodedata.category(ch) in ("Mn", "Me", "Mc")
+
+
+_CLUSTER_SCAN_RE: re.Pattern[str] | None = None
+
+
+def _cluster_scan_re() -> re.Pattern[str]:
+    """Regex whose match end is the latest position that is a break except, maybe, for
+    regional-indicator pairing.  Built on first use (a one-off ~50 ms table scan)."""
+    global _CLUSTER_SCAN_RE
+    if _CLUSTER_SCAN_RE is None:
+        ranges: list[list[int]] = []
+        # Marks live below U+20000 and in U+E0000-U+E0FFF (tags, variation selectors).
+        for cp in (*range(0x20000), *range(0xE0000, 0xE1000)):
+            if cp == 0x200D or _is_extend.__wrapped__(chr(cp)):
+                if ranges and ranges[-1][1] == cp - 1:
+                    ranges[-1][1] = cp
+                else:
+                    ranges.append([cp, cp])
+        joiners = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
+        _CLUSTER_SCAN_RE = re.compile(
+            rf"(?s:.*)(?<!\u200d)(?=[^{joiners}])(?!(?<=\r)\n)(?!(?<=[\ud800-\udbff])[\udc00-\udfff])"
+        )
+    return _CLUSTER_SCAN_RE
 
 
 def split_text(text: str, limit: int = 1600) -> list[str]:
@@ -105,52 +141,46 @@ def split_text(text: str, limit: int = 1600) -> list[str]:
 
 
 class _Splitter:
-    """One split run over one text; precomputes boundaries so each part costs O(log n)."""
+    """One split run over one text.
+
+    Every search is a C-level regex/str scan bounded by the current window (or
+    memoised per whitespace run), so the total work is linear in len(text).
+    """
 
     def __init__(self, text: str, limit: int) -> None:
         self.text = text
         self.n = n = len(text)
         self.limit = limit
-        self.astral = [m.start() for m in _ASTRAL_RE.finditer(text)]
-        self.ri_starts = [m.start() for m in _RI_RUN_RE.finditer(text)]
-        spans = [m.span() for m in _WS_RUN_RE.finditer(text)]
-        self.run_starts = [a for a, _ in spans]
-        self.run_ends = [b for _, b in spans]
-        # Boundary levels, best first; each is (starts, ends) of whitespace runs.
-        self.levels = []
-        for rx in (_PARA_RE, _LINE_RE, _SENT_RE):
-            lvl = [m.span() for m in rx.finditer(text)]
-            self.levels.append(([a for a, _ in lvl], [b for _, b in lvl]))
-        self.levels.append((self.run_starts, self.run_ends))
+        self.total = utf16_len(text)
+        self.has_astral = self.total != n
+        self._ri_starts: list[int] | None = None
+        self._runs: dict[int, tuple[int, int]] = {}  # run start -> (run end, level)
+        self._nonspace_cache = (-1, -1)  # (from, first non-space index >= from)
         # ``last`` = end of the last non-whitespace character (0 if none).
-        self.last = self.run_starts[-1] if spans and self.run_ends[-1] == n else n
+        self.last = len(text.rstrip())
         # Keep trailing whitespace with the final words if the last cluster and it fit together.
         self.keep_tail = False
         if 0 < self.last < n:
             q = self.last - 1
             while q > 0 and not self._is_break(q):
                 q -= 1
-            self.keep_tail = q > 0 and self._units(q, n) <= limit
+            self.keep_tail = q > 0 and utf16_len(text[q:]) <= limit
 
     # -- measurements -------------------------------------------------------
-    def _units(self, a: int, b: int) -> int:
-        """UTF-16 length of text[a:b]."""
-        if not self.astral:
-            return b - a
-        return b - a + bisect_left(self.astral, b) - bisect_left(self.astral, a)
-
     def _end_max(self, start: int) -> int:
         """Largest e with utf16_len(text[start:e]) <= limit."""
-        e = min(self.n, start + self.limit)
-        if not self.astral:
+        text, n, limit = self.text, self.n, self.limit
+        e = min(n, start + limit)
+        if not self.has_astral:
             return e
-        u = self._units(start, e)
-        while u > self.limit:
-            e -= (u - self.limit + 1) // 2
-            u = self._units(start, e)
-        while e < self.n:  # the halving step may undershoot by one code point
-            w = 2 if ord(self.text[e]) > 0xFFFF else 1
-            if u + w > self.limit:
+        u = utf16_len(text[start:e])
+        while u > limit:
+            d = (u - limit + 1) // 2  # each code point is 1 or 2 units
+            u -= utf16_len(text[e - d : e])
+            e -= d
+        while e < n:  # the halving step may undershoot by one code point
+            w = 2 if ord(text[e]) > 0xFFFF else 1
+            if u + w > limit:
                 break
             u += w
             e += 1
@@ -169,57 +199,134 @@ class _Splitter:
         if _is_extend(ch):
             return False
         if "\U0001f1e6" <= prev <= "\U0001f1ff" and "\U0001f1e6" <= ch <= "\U0001f1ff":
-            run_start = self.ri_starts[bisect_right(self.ri_starts, i - 1) - 1]
+            if self._ri_starts is None:
+                self._ri_starts = [m.start() for m in _RI_RUN_RE.finditer(text)]
+            run_start = self._ri_starts[bisect_right(self._ri_starts, i - 1) - 1]
             return (i - run_start) % 2 == 0
         return True
+
+    def _first_nonspace(self, start: int) -> int:
+        """Index of the first non-whitespace character at or after start (n if none)."""
+        frm, found = self._nonspace_cache
+        if frm <= start <= found:
+            return found
+        m = _NONSPACE_RE.search(self.text, start)
+        found = m.start() if m else self.n
+        self._nonspace_cache = (start, found)
+        return found
+
+    def _run_at(self, a: int) -> tuple[int, int]:
+        """(end, level) of the whitespace run starting at a (memoised)."""
+        got = self._runs.get(a)
+        if got is None:
+            b = _SPACES_RE.match(self.text, a).end()
+            run = self.text[a:b]
+            breaks = len(_LB_RE.findall(run))
+            if breaks >= 2 or "\u2029" in run:
+                level = _PARA
+            elif breaks:
+                level = _LINE
+            elif _SENT_END_RE.match(self.text, a):
+                level = _SENTENCE
+            else:
+                level = _WORD
+            got = self._runs[a] = (b, level)
+        return got
 
     # -- choosing a split point ------------------------------------------------
     def split(self) -> list[str]:
         parts: list[str] = []
-        start = 0
-        while self._units(start, self.n) > self.limit:
+        text = self.text
+        start, remaining = 0, self.total
+        while remaining > self.limit:
             p = self._choose(start)
-            parts.append(self.text[start:p])
+            part = text[start:p]
+            parts.append(part)
+            remaining -= utf16_len(part)
             start = p
-        parts.append(self.text[start:])
+        parts.append(text[start:])
         return parts
-
-    def _first_nonspace(self, start: int) -> int:
-        k = bisect_right(self.run_starts, start) - 1
-        if k >= 0 and self.run_ends[k] > start:
-            return self.run_ends[k]
-        return start
 
     def _choose(self, start: int) -> int:
         """Return the split point p (start < p <= end_max) for the part starting at start."""
+        text = self.text
         e = self._end_max(start)
-        # Preferred: the part contains non-whitespace (p > lo), and so does the rest (p <= hi).
+        # Preferred: the part holds non-whitespace (p > lo) and so does the rest (p <= hi).
         lo = self._first_nonspace(start)
         hi = min(e, self.last - 1) if self.keep_tail else e
         if lo < hi:
-            for starts, ends in self.levels:
-                k = bisect_right(starts, hi) - 1
-                while k >= 0 and starts[k] > start:
-                    a = starts[k]
-                    p = min(ends[k], hi)
-                    while p >= a and not self._is_break(p):
-                        p -= 1
-                    if p >= a:
+            # The run straddling hi (if text[hi] is whitespace) extends past the
+            # window, so classify it whole; the runs before it lie inside the window.
+            cut = _LAST_NONSPACE_RE.match(text, start, hi).end()  # > lo >= start
+            straddle = self._run_at(cut)[1] if text[hi].isspace() else None
+            if straddle is None:
+                cut = hi
+                inner = text[lo : hi + 1]  # text[hi] is not whitespace
+            else:
+                inner = text[lo:cut]  # text[cut-1] is not whitespace
+            # ``inner`` starts and ends with non-whitespace and holds every run to search.
+            levels = []
+            if len(inner.split(None, 1)) > 1:  # cheap pre-checks before the regex scans
+                if any(c in inner for c in _LB_CHARS):
+                    levels += [_PARA, _LINE]
+                head = text[max(0, lo - 2) : lo]  # a terminator may precede closing quotes
+                if any(c in inner or c in head for c in _TERMINATORS):
+                    levels.append(_SENTENCE)
+                levels.append(_WORD)
+            for level in range(_WORD + 1):
+                if straddle is not None and straddle <= level:
+                    p = self._break_back(hi, cut)
+                    if p is not None:
                         return p
-                    k -= 1
+                    straddle = None
+                if level not in levels:
+                    continue
+                rx = _LEVEL_RES[level]
+                end = cut
+                while True:
+                    m = rx.match(text, start, end)
+                    if m is None:
+                        break
+                    a = m.start(1)  # > start, and text[a-1] is not whitespace
+                    b = _SPACES_RE.match(text, a, end).end()
+                    p = self._break_back(b, a)
+                    if p is not None:
+                        return p
+                    end = a
             p = self._cjk_cut(lo, hi)
             if p is not None:
                 return p
-            p = hi
-            while p > lo and not self._is_break(p):
-                p -= 1
-            if p > lo:
+            p = self._break_back(hi, lo + 1)
+            if p is not None:
                 return p
-        # Pathological (whitespace-only window, or one cluster longer than limit).
-        p = e
-        while p > start and not self._is_break(p):
+            # (lo, hi] holds no break at all: look only outside it.
+            p = self._break_back(e, hi + 1)
+            if p is None:
+                p = self._break_back(lo, start + 1)
+        else:
+            p = self._break_back(e, start + 1)
+        # Pathological: whitespace-only window, or one cluster longer than limit.
+        return e if p is None else p
+
+    def _break_back(self, p: int, floor: int) -> int | None:
+        """Latest break position in [floor, p], or None."""
+        for _ in range(16):  # the common case: a break within a few code points
+            if p < floor:
+                return None
+            if self._is_break(p):
+                return p
             p -= 1
-        return p if p > start else e
+        # A long cluster (zalgo text, ZWJ chains): let a regex skip over it.
+        rx = _cluster_scan_re()
+        while p >= floor:
+            m = rx.match(self.text, floor, p + 1)
+            if m is None:
+                return None
+            p = m.end()  # candidate; only regional-indicator pairing is left to check
+            if self._is_break(p):
+                return p
+            p -= 1
+        return None
 
     def _cjk_cut(self, lo: int, hi: int) -> int | None:
         """Latest break in (lo, hi] right after 。！？ (plus closing brackets), if any."""
@@ -231,7 +338,7 @@ class _Splitter:
                 p = j + 1
                 while p < hi and text[p] in _CLOSERS:
                     p += 1
-                if p > best and self._is_break(p):
+                if self._is_break(p):
                     best = p
                     break
                 j = text.rfind(ch, lo, j)
