@@ -15,14 +15,18 @@ from sophon_core.settings import Settings
 CHANNEL_HOOKS = ("validate_config", "test_connection", "handle_inbound", "send")
 
 
+def install_distribution(site, monkeypatch, name: str, entry_point: str) -> None:
+    """Make a distribution with one ``sophon`` entry point importable, as pip would."""
+    dist = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[sophon]\n{entry_point}\n")
+    monkeypatch.syspath_prepend(str(site))
+
+
 @pytest.fixture
 def installed_dummy(tmp_path, monkeypatch):
-    """Install the dummy channel as a distribution with an entry point, as pip would."""
-    dist = tmp_path / "sophon_dummy_channel-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sophon-dummy-channel\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[sophon]\ndummy = dummy_channel:plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_distribution(tmp_path, monkeypatch, "sophon-dummy-channel", "dummy = dummy_channel:plugin")
     return "dummy"
 
 
@@ -82,11 +86,7 @@ def test_a_type_declared_twice_is_refused():
 
 
 def test_broken_entry_point_is_reported(tmp_path, monkeypatch):
-    dist = tmp_path / "broken-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[sophon]\nbroken = no_such_module_xyz:plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_distribution(tmp_path, monkeypatch, "broken", "broken = no_such_module_xyz:plugin")
     with pytest.raises(PluginError, match="plugin 'broken' .* failed to load"):
         get_plugin_manager(env={})
 
