@@ -37,6 +37,7 @@ def create_app(runtime: Runtime | None = None) -> falcon.App:
     for ct in runtime.types.values():
         for path, resource in ct.routes.items():
             mount(app, routes, path, resource, f"channel type {ct.name!r}")
+    runtime.pipeline.start()  # also picks up jobs left by a previous run
     active = [c.id for c in runtime.config.channels if c.enabled]
     log.info("serving %d channel type(s) (%s); active channels: %s", len(runtime.types),
              ", ".join(sorted(runtime.types)) or "none", ", ".join(active) or "none")

@@ -56,13 +56,12 @@ class SendError(SophonError):
 
     :param message: words a user can act on (no secrets).
     :param code: the provider's error code when there is one (e.g. Twilio 21608).
-    :param sent_parts: parts of a split reply that were accepted before the failure.
+    :param retry_after: seconds the provider asked us to wait (e.g. HTTP Retry-After).
     """
 
     def __init__(self, message: str, *, code: int | None = None, permanent: bool = False,
-                 retry_after: float | None = None, sent_parts: tuple = ()):
+                 retry_after: float | None = None):
         self.code = code
         self.permanent = permanent
         self.retry_after = retry_after
-        self.sent_parts = sent_parts
         super().__init__(message)

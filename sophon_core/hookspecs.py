@@ -105,13 +105,16 @@ def handle_inbound(channel_type: str, request: "falcon.Request",
 
 @hookspec(firstresult=True)
 def send(channel: "Channel", message: "OutboundMessage",
-         settings: "Settings") -> "list[SentPart] | None":
-    """Deliver ``message`` through ``channel``.
+         settings: "Settings") -> "SentPart | None":
+    """Deliver one message through ``channel``.
 
-    Split text the channel cannot carry in one message (in order: part n+1 only
-    after the provider accepted part n).
+    The core has already split long replies to ``ChannelType.max_text_length``
+    and calls ``send`` once per part, in order, recording each part before the
+    call and the returned provider id after it. Do not retry here: raise, and
+    the core retries with backoff (temporary errors) or records the failure.
 
-    :return: the provider messages created, in order; ``None`` if not your type.
+    :return: the provider message created; ``None`` if ``channel.type`` is not yours.
     :raises SendError: with words a user can act on, ``code`` (provider error
-        code) and ``permanent`` (True when retrying cannot help).
+        code), ``permanent`` (True when retrying cannot help) and ``retry_after``
+        (seconds the provider asked to wait, if it said).
     """

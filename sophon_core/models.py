@@ -23,6 +23,9 @@ class ChannelType:
     :param address_field: the ``config`` property naming the address the channel
         answers on (a phone number for SMS). Two channels of one type may not
         claim the same address.
+    :param max_text_length: the longest text one provider message may carry, in
+        UTF-16 code units; the core splits longer replies (see ``textsplit``) and
+        calls ``send`` once per part. ``None``: never split.
     :param routes: extra Falcon routes, ``{path: resource}`` (e.g. a delivery status
         callback); the core mounts them next to the webhook and refuses to start if a
         path is already taken. Resources find the runtime in ``req.context.runtime``.
@@ -32,6 +35,7 @@ class ChannelType:
     display_name: str
     config_schema: Mapping[str, Any]
     address_field: str | None = None
+    max_text_length: int | None = None
     routes: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -101,7 +105,7 @@ class OutboundMessage:
 
 @dataclass(frozen=True)
 class SentPart:
-    """One provider message created by ``send`` (a long reply makes several)."""
+    """The provider message ``send`` created."""
 
     provider_message_id: str
     text: str

@@ -22,6 +22,13 @@ class Settings:
     :param sqlite_synchronous: ``SOPHON_SQLITE_SYNC``: ``FULL`` (default: an
         acknowledged message survives power loss) or ``NORMAL`` (survives process
         crashes only; about twice the webhook throughput).
+    :param job_lease: ``SOPHON_JOB_LEASE`` seconds a worker holds a job without renewing
+        it; a job of a worker that died runs again after this long (default 30).
+    :param retry_base: ``SOPHON_RETRY_BASE``: first retry delay in seconds after a
+        temporary send failure; doubles each attempt, with jitter (default 2).
+    :param retry_for: ``SOPHON_RETRY_FOR``: give a reply up (recorded as failed) once
+        it has been retried for this many seconds (default 900).
+    :param pipeline_threads: ``SOPHON_PIPELINE_THREADS`` per worker process (default 8).
     :param env: the whole environment, for plugins' own variables
         (e.g. a provider API URL override).
     """
@@ -32,6 +39,10 @@ class Settings:
     agent_timeout: float = 60.0
     max_body_bytes: int = DEFAULT_BODY_LIMIT
     sqlite_synchronous: str = "FULL"
+    job_lease: float = 30.0
+    retry_base: float = 2.0
+    retry_for: float = 900.0
+    pipeline_threads: int = 8
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -45,6 +56,10 @@ class Settings:
             agent_timeout=_number(env, "SOPHON_AGENT_TIMEOUT", 60.0),
             max_body_bytes=int(_number(env, "SOPHON_MAX_BODY_BYTES", DEFAULT_BODY_LIMIT)),
             sqlite_synchronous=_choice(env, "SOPHON_SQLITE_SYNC", ("FULL", "NORMAL")),
+            job_lease=_number(env, "SOPHON_JOB_LEASE", 30.0),
+            retry_base=_number(env, "SOPHON_RETRY_BASE", 2.0),
+            retry_for=_number(env, "SOPHON_RETRY_FOR", 900.0),
+            pipeline_threads=int(_number(env, "SOPHON_PIPELINE_THREADS", 8)),
             env=env,
         )
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -19,18 +21,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers' pids (children of the master), from /proc."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.pid:
+                    pids.append(int(entry.name))
+        return sorted(pids)
+
+
 @contextlib.contextmanager
 def gunicorn(env: Mapping[str, str], *, port: int | None = None, workers: int = 2, threads: int = 4,
-             log: Path | None = None, timeout: float = 30.0) -> Iterator[str]:
-    """Run the real app under a real gunicorn on a free loopback port; yield its base URL.
+             log: Path | None = None, timeout: float = 30.0) -> Iterator[Server]:
+    """Run the real app under a real gunicorn on a free loopback port (own process group).
 
     Waits until ``/healthz`` answers (or the process exits: then raise with its log).
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    out = open(log, "wb") if log else subprocess.DEVNULL
+    out = open(log, "ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen(gunicorn_argv(f"127.0.0.1:{port}", workers, threads),
-                            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+                            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -46,13 +72,14 @@ def gunicorn(env: Mapping[str, str], *, port: int | None = None, workers: int = 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn did not answer on {url} within {timeout} s")
             time.sleep(0.1)
-        yield url
+        yield Server(url, proc)
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         if log:
             out.close()

@@ -75,7 +75,7 @@ class DummyChannel:
         with SENT_EVENT:
             SENT.append((channel.id, message.recipient, message.text))
             SENT_EVENT.notify_all()
-        return [SentPart(f"D{len(SENT)}", message.text, "sent")]
+            return SentPart(f"D{len(SENT)}", message.text, "sent")
 
 
 plugin = DummyChannel()

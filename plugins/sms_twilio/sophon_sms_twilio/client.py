@@ -15,17 +15,35 @@ _clients: dict[tuple[str, str, str], Client] = {}
 _guard = threading.Lock()
 
 
-class _BaseUrlHttpClient(TwilioHttpClient):
-    """Sends what the SDK addresses to api.twilio.com to ``base_url`` instead."""
+class _HttpClient(TwilioHttpClient):
+    """The SDK's HTTP client, pointed at ``base_url``, remembering each thread's last
+    response headers (the SDK's exceptions do not carry them; we need Retry-After)."""
 
     def __init__(self, base_url: str):
         super().__init__(timeout=TIMEOUT)
         self.base_url = base_url.rstrip("/")
+        self._local = threading.local()
 
     def request(self, method, url, *args, **kwargs):
-        if url.startswith(TWILIO_API):
+        if url.startswith(TWILIO_API) and self.base_url != TWILIO_API:
             url = self.base_url + url[len(TWILIO_API):]
-        return super().request(method, url, *args, **kwargs)
+        self._local.headers = {}
+        response = super().request(method, url, *args, **kwargs)
+        self._local.headers = dict(response.headers or {})
+        return response
+
+    def last_headers(self) -> dict:
+        return getattr(self._local, "headers", {})
+
+
+def retry_after(client: Client) -> float | None:
+    """Seconds from the Retry-After header of this thread's last response, if any."""
+    http = client.http_client
+    raw = http.last_headers().get("Retry-After") if isinstance(http, _HttpClient) else None
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def api_base(env: Mapping[str, str]) -> str:
@@ -40,8 +58,7 @@ def client_for(config: Mapping[str, str], env: Mapping[str, str]) -> Client:
     with _guard:
         client = _clients.get(key)
         if client is None:
-            http = _BaseUrlHttpClient(base) if base != TWILIO_API else TwilioHttpClient(timeout=TIMEOUT)
-            client = Client(config["accountSid"], config["authToken"], http_client=http)
+            client = Client(config["accountSid"], config["authToken"], http_client=_HttpClient(base))
             if base != TWILIO_API:  # TWILIO_EDGE / TWILIO_REGION would move the host off the override
                 client.edge = client.region = None
             _clients[key] = client

@@ -17,7 +17,8 @@ TRIAL_ONLY_VERIFIED = ("Trial account limitation: trial accounts can only send S
 _PERMANENT = {20003, 20404, 21211, 21212, 21602, 21603, 21604, 21606, 21608, 21610, 21614, 21617}
 
 
-def send_error(exc: TwilioRestException, *, to: str, from_: str) -> SendError:
+def send_error(exc: TwilioRestException, *, to: str, from_: str,
+               retry_after: float | None = None) -> SendError:
     """Map a Twilio REST error on Messages create to a ``SendError`` a user can act on."""
     code, status = exc.code, exc.status
     if code == 20003 or status == 401:
@@ -37,9 +38,9 @@ def send_error(exc: TwilioRestException, *, to: str, from_: str) -> SendError:
     elif code in (30001, 20429) or status == 429:
         text = QUEUE_OVERFLOW
     elif status >= 500:
-        text = f"Twilio answered HTTP {status} (error {code}), a temporary failure; the reply was not delivered."
+        text = f"Twilio answered HTTP {status} (error {code}), a temporary failure."
     else:
         text = (f"Twilio refused the message: {exc.msg} (error {code}, "
                 f"https://www.twilio.com/docs/errors/{code}).")
     permanent = code in _PERMANENT or (400 <= status < 500 and status != 429 and code not in (20429, 30001))
-    return SendError(text, code=code, permanent=permanent)
+    return SendError(text, code=code, permanent=permanent, retry_after=retry_after)

@@ -16,10 +16,9 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from sophon_core.errors import Problem, SendError
 from sophon_core.hookspecs import hookimpl
 from sophon_core.models import ChannelType, SentPart
-from sophon_core.textsplit import split_text
 
 from . import connection, webhook
-from .client import api_base, client_for
+from .client import api_base, client_for, retry_after
 from .errors import send_error
 
 TYPE = "sms"
@@ -35,7 +34,7 @@ class SmsTwilioPlugin:
     @hookimpl
     def sophon_channel_types(self):
         return [ChannelType(name=TYPE, display_name="SMS (Twilio)", config_schema=CONFIG_SCHEMA,
-                            address_field="phoneNumber")]
+                            address_field="phoneNumber", max_text_length=MAX_BODY)]
 
     @hookimpl
     def sophon_commands(self, cli):
@@ -71,20 +70,15 @@ class SmsTwilioPlugin:
             return None
         cfg = channel.config
         client = client_for(cfg, settings.env)
-        sent: list[SentPart] = []
-        for part in split_text(message.text, MAX_BODY):
-            try:
-                created = client.messages.create(to=message.recipient, from_=cfg["phoneNumber"], body=part)
-            except TwilioRestException as exc:
-                err = send_error(exc, to=message.recipient, from_=cfg["phoneNumber"])
-                err.sent_parts = tuple(sent)
-                raise err from None
-            except (requests.RequestException, TwilioException, OSError) as exc:
-                raise SendError(f"Cannot reach Twilio at {api_base(settings.env)} "
-                                f"({type(exc).__name__}); the reply was not delivered.",
-                                sent_parts=tuple(sent)) from None
-            sent.append(SentPart(created.sid, part, created.status or "queued"))
-        return sent
+        try:
+            created = client.messages.create(to=message.recipient, from_=cfg["phoneNumber"], body=message.text)
+        except TwilioRestException as exc:
+            raise send_error(exc, to=message.recipient, from_=cfg["phoneNumber"],
+                             retry_after=retry_after(client)) from None
+        except (requests.RequestException, TwilioException, OSError) as exc:
+            raise SendError(f"Cannot reach Twilio at {api_base(settings.env)} ({type(exc).__name__}), "
+                            "a temporary failure.") from None
+        return SentPart(created.sid, message.text, created.status or "queued")
 
 
 plugin = SmsTwilioPlugin()
