@@ -48,7 +48,10 @@ def main() -> None:
         channels.write_text(json.dumps({"channels": [{
             "id": "sms", "type": "sms", "config": {"accountSid": acct.sid, "authToken": acct.auth_token,
                                                    "phoneNumber": NUMBER},
-            "routing": {"agentId": "default", "dmBehavior": "per-peer"}}]}))
+            "routing": {"agentId": "default", "dmBehavior": "per-peer"},
+            # measure the webhook and pipeline, not the cost guards: pacing off, limits out of the way
+            "limits": {"sendRate": 100000, "inboundPerSenderPerHour": 1000000,
+                       "dailyOutboundUnits": 100000000}}]}))
         env = {"SOPHON_CHANNELS": str(channels), "SOPHON_DATA_DIR": str(Path(tmp) / "data"),
                "SOPHON_PUBLIC_URL": public, "SOPHON_TWILIO_API_URL": box.url, "SOPHON_LOG_LEVEL": "WARNING", "SOPHON_SQLITE_SYNC": args.sync}
 

@@ -15,7 +15,7 @@ import jsonschema
 import pluggy
 
 from .errors import ConfigError, Problem
-from .models import Channel, ChannelType, Routing
+from .models import Channel, ChannelType, Limits, Routing
 from .settings import Settings
 
 _ENVELOPE = json.loads(files("sophon_core.schemas").joinpath("channels-file.schema.json").read_text())
@@ -108,6 +108,13 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
             problems.extend(pm.hook.validate_config(channel_type=ctype, channel_id=cid, config=config,
                                                     settings=settings) or ())
         routing = item.get("routing") if isinstance(item.get("routing"), dict) else {}
+        access = item.get("access") if isinstance(item.get("access"), dict) else {}
+        limits = item.get("limits") if isinstance(item.get("limits"), dict) else {}
+        mode = access.get("mode", "open")
+        if mode == "open" and routing.get("dmBehavior", "main-session") == "main-session":
+            problems.append(Problem(cid, "routing.dmBehavior", "main-session on an open channel: every "
+                                    "stranger who texts shares one session with everyone else; use "
+                                    "per-peer, or access.mode allowlist", level="warning"))
         channels.append(Channel(
             id=cid, type=ctype, name=item.get("name") if isinstance(item.get("name"), str) else cid,
             enabled=item.get("enabled", True) is True, config=dict(config),
@@ -115,6 +122,11 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
                             dm_behavior=routing.get("dmBehavior", "main-session")),
             status=item.get("status") if isinstance(item.get("status"), str) else None,
             address=_address(config, ct),
+            access=mode if mode in ("open", "allowlist") else "open",
+            allow=frozenset(a for a in access.get("allow", ()) if isinstance(a, str)),
+            limits=Limits(send_rate=limits.get("sendRate"),
+                          inbound_per_sender_per_hour=limits.get("inboundPerSenderPerHour", 60),
+                          daily_outbound_units=limits.get("dailyOutboundUnits", 2000)),
         ))
 
     problems.extend(_duplicates(channels, types))

@@ -57,11 +57,14 @@ class SendError(SophonError):
     :param message: words a user can act on (no secrets).
     :param code: the provider's error code when there is one (e.g. Twilio 21608).
     :param retry_after: seconds the provider asked us to wait (e.g. HTTP Retry-After).
+    :param recipient_opted_out: the provider says the recipient opted out; the core
+        records it and sends them nothing more until they opt back in.
     """
 
     def __init__(self, message: str, *, code: int | None = None, permanent: bool = False,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, recipient_opted_out: bool = False):
         self.code = code
+        self.recipient_opted_out = recipient_opted_out
         self.permanent = permanent
         self.retry_after = retry_after
         super().__init__(message)

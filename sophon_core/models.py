@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ class ChannelType:
     :param max_text_length: the longest text one provider message may carry, in
         UTF-16 code units; the core splits longer replies (see ``textsplit``) and
         calls ``send`` once per part. ``None``: never split.
+    :param count_units: billing units one outbound text costs (SMS: segments), for
+        the daily budget, pacing and usage counters. ``None``: one per message.
+    :param default_send_rate: units per second one address may send (SMS long
+        code: 1 segment/s); a channel's ``limits.sendRate`` overrides it.
+        ``None``: no pacing.
     :param routes: extra Falcon routes, ``{path: resource}`` (e.g. a delivery status
         callback); the core mounts them next to the webhook and refuses to start if a
         path is already taken. Resources find the runtime in ``req.context.runtime``.
@@ -36,7 +41,12 @@ class ChannelType:
     config_schema: Mapping[str, Any]
     address_field: str | None = None
     max_text_length: int | None = None
+    count_units: Callable[[str], int] | None = None
+    default_send_rate: float | None = None
     routes: Mapping[str, Any] = field(default_factory=dict)
+
+    def units(self, text: str) -> int:
+        return max(1, self.count_units(text)) if self.count_units else 1
 
     @property
     def webhook_path(self) -> str:
@@ -55,6 +65,22 @@ class Routing:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """A channel's guards against abuse and runaway cost (``limits`` in channels.json).
+
+    :param send_rate: units per second this channel's address may send (``None``:
+        the type's default).
+    :param inbound_per_sender_per_hour: messages one sender may send before the
+        agent stops answering them for the hour.
+    :param daily_outbound_units: units (SMS segments) the channel may send per UTC day.
+    """
+
+    send_rate: float | None = None
+    inbound_per_sender_per_hour: int = 60
+    daily_outbound_units: int = 2000
+
+
+@dataclass(frozen=True)
 class Channel:
     """One validated entry of ``channels.json``."""
 
@@ -66,6 +92,12 @@ class Channel:
     routing: Routing = Routing()
     status: str | None = None
     address: str | None = None  # config[ChannelType.address_field], set by the loader
+    access: str = "open"  # or "allowlist"
+    allow: frozenset[str] = frozenset()
+    limits: Limits = Limits()
+
+    def admits(self, sender: str) -> bool:
+        return self.access == "open" or sender in self.allow
 
 
 @dataclass(frozen=True)
@@ -83,6 +115,10 @@ class InboundMessage:
         pair (channel_id, provider_message_id) identifies the message.
     :param canned_reply: when set, the pipeline sends this text back without
         running the agent (e.g. "text only" for a media-only SMS).
+    :param intent: ``message`` (answer it), ``opt_out`` (the sender asked for no
+        more messages: record it, never answer), ``opt_in`` (consent given back)
+        or ``help`` (the provider answers it; no agent).
+    :param units: billing units the message cost (SMS segments).
     """
 
     channel_id: str
@@ -94,6 +130,8 @@ class InboundMessage:
     dropped_attachments: tuple[DroppedAttachment, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
     canned_reply: str | None = None
+    intent: str = "message"
+    units: int = 1
 
 
 @dataclass(frozen=True)

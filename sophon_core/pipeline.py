@@ -67,10 +67,15 @@ class Pipeline:
     def accept(self, channel_type: str, messages: Sequence[InboundMessage]) -> int:
         """Store each message with its job (duplicates by provider id are dropped).
 
+        Before a job is made: senders an allowlist channel does not admit are
+        dropped (log line and ``blocked`` counter); opt-out, opt-in and help
+        messages are recorded and never answered; a sender over the channel's
+        hourly limit is recorded and not answered (``rate_limited`` counter).
         Messages naming a channel that is unknown, disabled or of another type
         are dropped with an error log: a plugin must never route around activation.
-        :return: how many messages were queued.
+        :return: how many messages were queued for an answer.
         """
+        store = self.runtime.store
         queued = 0
         for msg in messages:
             channel = self.runtime.config.get(msg.channel_id)
@@ -79,15 +84,45 @@ class Pipeline:
                           "%s channel; dropped", channel_type, msg.provider_message_id,
                           msg.channel_id, channel_type)
                 continue
-            if self.runtime.store.accept_inbound(msg, session_key(channel, msg)) is None:
+            if not channel.admits(msg.sender):
+                log.warning("%s is not on the allowlist of channel %s; message %s not answered",
+                            msg.sender, channel.id, msg.provider_message_id)
+                store.count(channel.id, blocked=1)
+                continue
+            key = session_key(channel, msg)
+            if msg.intent != "message":
+                self._consent(channel, msg, key)
+                continue
+            hour_ago = time.time() - 3600
+            if store.inbound_since(channel.id, msg.sender, hour_ago) >= channel.limits.inbound_per_sender_per_hour:
+                if store.record_inbound(msg, key, status="rate-limited") is not None:
+                    store.count(channel.id, messages_in=1, units_in=msg.units, rate_limited=1)
+                    log.warning("%s sent more than %d messages to %s in an hour "
+                                "(limits.inboundPerSenderPerHour); %s not answered", msg.sender,
+                                channel.limits.inbound_per_sender_per_hour, channel.id, msg.provider_message_id)
+                continue
+            if store.accept_inbound(msg, key) is None:
                 log.info("duplicate delivery of %s on %s ignored", msg.provider_message_id, channel.id)
                 continue
+            store.count(channel.id, messages_in=1, units_in=msg.units)
             queued += 1
         if queued:
             self.start()
             with self._wake:
                 self._wake.notify(queued)
         return queued
+
+    def _consent(self, channel: Channel, msg: InboundMessage, key: str) -> None:
+        store = self.runtime.store
+        if store.record_inbound(msg, key, status=msg.intent) is None:
+            return  # duplicate delivery
+        store.count(channel.id, messages_in=1, units_in=msg.units)
+        if msg.intent == "opt_out":
+            store.set_opt_out(channel.id, msg.sender, msg.text.strip().upper() or "STOP")
+            log.info("%s opted out of %s; nothing will be sent to them", msg.sender, channel.id)
+        elif msg.intent == "opt_in":
+            store.set_opt_out(channel.id, msg.sender, None)
+            log.info("%s opted back in to %s", msg.sender, channel.id)
 
     # --- runner threads ------------------------------------------------------------
 
@@ -154,6 +189,11 @@ class Pipeline:
                 log.error("job %d: channel %r is no longer active; not answering", job.id, job.channel_id)
                 return
             msg = job.message
+            if self.runtime.store.opted_out(channel.id, msg.sender):
+                (part,) = store.parts(job, [""], msg.sender)
+                self._skip(job, part, "recipient opted out; agent not asked", skipped_opted_out=1)
+                log.info("not answering %s on %s: they opted out", msg.sender, channel.id)
+                return
             reply = job.reply
             if reply is None:
                 reply = msg.canned_reply if msg.canned_reply is not None else self._ask_agent(channel, job)
@@ -164,26 +204,44 @@ class Pipeline:
                           job.channel_id)
             self._retry_or_give_up(job, f"internal error: {type(exc).__name__}", None)
 
+    # --- delivery status -----------------------------------------------------------
+
     def _send_parts(self, channel: Channel, job: Job, reply: str) -> None:
         store, pm, settings = self.runtime.store, self.runtime.pm, self.runtime.settings
-        limit = self.runtime.types[channel.type].max_text_length
-        texts = split_text(reply, limit) if limit else [reply]
+        ctype = self.runtime.types[channel.type]
+        texts = split_text(reply, ctype.max_text_length) if ctype.max_text_length else [reply]
         peer = job.message.sender
         for part in store.parts(job, texts, peer):
-            if part.status not in ("pending", "sending"):
+            if part.status not in ("pending", "in-flight"):
                 continue  # accepted by the provider before (or failed for good)
-            if part.status == "sending":
+            if store.opted_out(channel.id, peer):
+                self._skip(job, part, "recipient opted out", skipped_opted_out=1)
+                log.info("not answering %s on %s: they opted out", peer, channel.id)
+                return
+            units = ctype.units(part.text)
+            budget = channel.limits.daily_outbound_units
+            if store.used_today(channel.id, "units_out") + units > budget:
+                self._skip(job, part, f"daily budget of {budget} units reached (limits.dailyOutboundUnits)",
+                           skipped_budget=1)
+                log.error("channel %s reached its daily budget of %d units; not answering %s",
+                          channel.id, budget, peer)
+                return
+            self._pace(channel, ctype, units)
+            if part.status == "in-flight":
                 log.warning("job %d part %d may have been sent before a crash; sending it again "
                             "(at-least-once)", job.id, part.part_no)
-            store.set_part(part.id, "sending")
+            store.set_part(part.id, "in-flight")
             try:
                 sent = pm.hook.send(channel=channel, message=OutboundMessage(channel.id, peer, part.text),
                                     settings=settings)
             except SendError as exc:
+                if exc.recipient_opted_out:
+                    store.set_opt_out(channel.id, peer, "STOP (reported by the provider)")
                 if exc.permanent:
                     store.set_part(part.id, "failed", error=str(exc))
                     store.skip_unsent(job.id, "an earlier part failed")
                     store.fail(job.id, str(exc))
+                    store.count(channel.id, failed=1)
                     log.error("sending to %s on %s failed for good: %s", peer, channel.id, exc)
                     return
                 store.set_part(part.id, "pending", error=str(exc))
@@ -191,9 +249,27 @@ class Pipeline:
                 return
             if sent is None:
                 raise RuntimeError(f"no plugin implements send for channel type {channel.type!r}")
-            store.set_part(part.id, sent.status or "sent", provider_id=sent.provider_message_id)
+            store.set_part(part.id, sent.status or "sent", provider_id=sent.provider_message_id, units=units)
+            store.count(channel.id, messages_out=1, units_out=units)
         store.complete(job.id)
         log.info("replied to %s on %s (job %d)", peer, channel.id, job.id)
+
+    def _skip(self, job: Job, part, reason: str, **counters: int) -> None:
+        store = self.runtime.store
+        store.set_part(part.id, "skipped", error=reason)
+        store.skip_unsent(job.id, reason)
+        store.complete(job.id)
+        store.count(job.channel_id, **counters)
+
+    def _pace(self, channel: Channel, ctype, units: int) -> None:
+        """Wait for this address's next send slot (shared by every worker through the store)."""
+        rate = channel.limits.send_rate or ctype.default_send_rate
+        if not rate:
+            return
+        at = self.runtime.store.reserve_send_slot(f"{channel.type}:{channel.address or channel.id}", units, rate)
+        delay = at - time.time()
+        if delay > 0:
+            time.sleep(delay)
 
     def _retry_or_give_up(self, job: Job, error: str, retry_after: float | None,
                           part_id: int | None = None) -> None:
@@ -253,3 +329,18 @@ class Pipeline:
                       msg.provider_message_id)
             return APOLOGY
         return reply
+
+
+# How far along a provider message is; a status only ever moves to a higher rank.
+STATUS_RANK = {
+    "pending": 0, "in-flight": 1, "accepted": 2, "scheduled": 2, "queued": 3, "sending": 4,
+    "sent": 5, "delivered": 6, "undelivered": 6, "failed": 6, "canceled": 6, "read": 7,
+}
+
+
+def record_delivery_status(runtime: "Runtime", provider_id: str, status: str, error: str | None) -> bool:
+    """Apply a provider's delivery report (e.g. Twilio's StatusCallback); forward only.
+
+    :return: False for an unknown message or a report older than what is known.
+    """
+    return runtime.store.record_status(provider_id, status, error, STATUS_RANK)

@@ -8,7 +8,7 @@ gunicorn workers share one file safely.
 Every inbound message gets a job in the same transaction. Workers claim jobs
 with a lease; a job whose worker died is claimed again when its lease runs
 out. Each outbound part is recorded (``pending``) before it is sent, marked
-``sending`` just before the provider call and gets the provider's id after it.
+``in-flight`` just before the provider call and gets the provider's id after it.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS messages (
     reply_to    INTEGER,          -- outbound: the inbound row it answers
     job_id      INTEGER,          -- outbound: the job that sends it
     part_no     INTEGER,          -- outbound: position in a split reply
+    units       INTEGER,          -- billing units (SMS segments) of this message
     created_at  REAL NOT NULL,
     updated_at  REAL
 );
@@ -62,6 +63,28 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS opt_outs (
+    channel_id  TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    keyword     TEXT NOT NULL,
+    at          REAL NOT NULL,
+    PRIMARY KEY (channel_id, peer)
+);
+
+CREATE TABLE IF NOT EXISTS usage (
+    channel_id  TEXT NOT NULL,
+    day         TEXT NOT NULL,    -- UTC, YYYY-MM-DD
+    counter     TEXT NOT NULL,    -- messages_in, units_in, messages_out, units_out, blocked, ...
+    value       INTEGER NOT NULL,
+    PRIMARY KEY (channel_id, day, counter)
+);
+
+CREATE TABLE IF NOT EXISTS pacing (
+    address     TEXT PRIMARY KEY,
+    next_at     REAL NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS messages_by_provider_id ON messages (provider_id) WHERE direction = 'out';
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state, not_before) WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_key, id) WHERE state IN ('queued', 'running');
 """
@@ -86,7 +109,7 @@ class Part:
     id: int
     part_no: int
     text: str
-    status: str  # pending, sending, then the provider's (queued, sent, ...), or failed / skipped
+    status: str  # pending, in-flight, then the provider's (queued, sent, ...), or failed / skipped
     provider_id: str | None
 
 
@@ -136,8 +159,8 @@ class Store:
         with self._write() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO messages (channel_id, direction, provider_id, peer, session_key,"
-                " text, status, created_at) VALUES (?, 'in', ?, ?, ?, ?, 'received', ?)",
-                (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text,
+                " text, status, units, created_at) VALUES (?, 'in', ?, ?, ?, ?, 'received', ?, ?)",
+                (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text, msg.units,
                  msg.received_at))
             if cur.rowcount != 1:
                 return None
@@ -153,9 +176,9 @@ class Store:
         with self._write() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO messages (channel_id, direction, provider_id, peer, session_key,"
-                " text, status, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?)",
+                " text, status, units, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?)",
                 (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text, status,
-                 msg.received_at))
+                 msg.units, msg.received_at))
             return cur.lastrowid if cur.rowcount == 1 else None
 
     # --- jobs ----------------------------------------------------------------------
@@ -238,16 +261,90 @@ class Store:
         return [Part(*r) for r in rows]
 
     def set_part(self, part_id: int, status: str, *, provider_id: str | None = None,
-                 error: str | None = None) -> None:
+                 error: str | None = None, units: int | None = None) -> None:
         with self._write() as db:
             db.execute("UPDATE messages SET status = ?, provider_id = COALESCE(?, provider_id), error = ?,"
-                       " updated_at = ? WHERE id = ?", (status, provider_id, error, time.time(), part_id))
+                       " units = COALESCE(?, units), updated_at = ? WHERE id = ?",
+                       (status, provider_id, error, units, time.time(), part_id))
 
     def skip_unsent(self, job_id: int, reason: str) -> None:
         """Mark the job's parts that never reached the provider as skipped."""
         with self._write() as db:
             db.execute("UPDATE messages SET status = 'skipped', error = ?, updated_at = ? WHERE job_id = ?"
                        " AND direction = 'out' AND status = 'pending'", (reason, time.time(), job_id))
+
+    # --- consent, usage, pacing ----------------------------------------------------
+
+    def set_opt_out(self, channel_id: str, peer: str, keyword: str | None) -> None:
+        """Record that ``peer`` opted out (``keyword`` e.g. STOP) or back in (``None``)."""
+        with self._write() as db:
+            if keyword is None:
+                db.execute("DELETE FROM opt_outs WHERE channel_id = ? AND peer = ?", (channel_id, peer))
+            else:
+                db.execute("INSERT OR REPLACE INTO opt_outs VALUES (?, ?, ?, ?)",
+                           (channel_id, peer, keyword, time.time()))
+
+    def opted_out(self, channel_id: str, peer: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM opt_outs WHERE channel_id = ? AND peer = ?",
+                                    (channel_id, peer)).fetchone() is not None
+
+    def count(self, channel_id: str, **counters: int) -> None:
+        """Add to today's (UTC) counters of a channel, e.g. ``count("sms", messages_in=1)``."""
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        with self._write() as db:
+            for name, value in counters.items():
+                db.execute("INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (channel_id, day, counter)"
+                           " DO UPDATE SET value = value + excluded.value", (channel_id, day, name, value))
+
+    def usage(self, day: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
+        """``{(channel_id, day): {counter: value}}``, for one day or all."""
+        rows = self._conn().execute(
+            "SELECT channel_id, day, counter, value FROM usage" + (" WHERE day = ?" if day else "")
+            + " ORDER BY day, channel_id", (day,) if day else ()).fetchall()
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for channel_id, d, name, value in rows:
+            out.setdefault((channel_id, d), {})[name] = value
+        return out
+
+    def used_today(self, channel_id: str, counter: str) -> int:
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        row = self._conn().execute("SELECT value FROM usage WHERE channel_id = ? AND day = ? AND counter = ?",
+                                   (channel_id, day, counter)).fetchone()
+        return row[0] if row else 0
+
+    def inbound_since(self, channel_id: str, peer: str, since: float) -> int:
+        return self._conn().execute(
+            "SELECT COUNT(*) FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
+            " AND created_at >= ?", (channel_id, peer, since)).fetchone()[0]
+
+    def reserve_send_slot(self, address: str, units: int, per_second: float) -> float:
+        """Book the next time ``address`` may send ``units``, across every process.
+
+        :return: the time (``time.time()`` scale) at which the caller may send.
+        """
+        now = time.time()
+        with self._write() as db:
+            row = db.execute("SELECT next_at FROM pacing WHERE address = ?", (address,)).fetchone()
+            start = max(now, row[0] if row else now)
+            db.execute("INSERT INTO pacing VALUES (?, ?) ON CONFLICT (address) DO UPDATE SET"
+                       " next_at = excluded.next_at", (address, start + units / per_second))
+        return start
+
+    # --- delivery status -----------------------------------------------------------
+
+    def record_status(self, provider_id: str, status: str, error: str | None, rank: dict[str, int]) -> bool:
+        """Move an outbound message's status forward only (by ``rank``); keep the error.
+
+        :return: False when the message is unknown or the status would go backwards.
+        """
+        with self._write() as db:
+            row = db.execute("SELECT id, status FROM messages WHERE direction = 'out' AND provider_id = ?",
+                             (provider_id,)).fetchone()
+            if row is None or rank.get(status, -1) <= rank.get(row[1], -1):
+                return False
+            db.execute("UPDATE messages SET status = ?, error = COALESCE(?, error), updated_at = ?"
+                       " WHERE id = ?", (status, error, time.time(), row[0]))
+            return True
 
     # --- reading -------------------------------------------------------------------
 
@@ -267,9 +364,10 @@ class Store:
         return [Turn("user" if d == "in" else "agent", t, p, at) for d, t, p, at in reversed(rows)]
 
     def recent(self, limit: int = 50) -> list[dict]:
+        """The newest ``limit`` messages, newest first."""
         rows = self._conn().execute(
-            "SELECT id, channel_id, direction, provider_id, peer, text, status, error, created_at"
+            "SELECT id, channel_id, direction, provider_id, peer, text, status, error, units, created_at"
             " FROM messages ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        keys = ("id", "channel_id", "direction", "provider_id", "peer", "text", "status", "error",
+        keys = ("id", "channel_id", "direction", "provider_id", "peer", "text", "status", "error", "units",
                 "created_at")
         return [dict(zip(keys, r)) for r in rows]

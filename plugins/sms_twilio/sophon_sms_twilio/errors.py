@@ -43,4 +43,5 @@ def send_error(exc: TwilioRestException, *, to: str, from_: str,
         text = (f"Twilio refused the message: {exc.msg} (error {code}, "
                 f"https://www.twilio.com/docs/errors/{code}).")
     permanent = code in _PERMANENT or (400 <= status < 500 and status != 429 and code not in (20429, 30001))
-    return SendError(text, code=code, permanent=permanent, retry_after=retry_after)
+    return SendError(text, code=code, permanent=permanent, retry_after=retry_after,
+                     recipient_opted_out=code == 21610)

@@ -20,6 +20,7 @@ from sophon_core.models import ChannelType, SentPart
 from . import connection, webhook
 from .client import api_base, client_for, retry_after
 from .errors import send_error
+from .segments import count_segments
 
 TYPE = "sms"
 MAX_BODY = 1600  # characters Twilio accepts in one message
@@ -34,7 +35,9 @@ class SmsTwilioPlugin:
     @hookimpl
     def sophon_channel_types(self):
         return [ChannelType(name=TYPE, display_name="SMS (Twilio)", config_schema=CONFIG_SCHEMA,
-                            address_field="phoneNumber", max_text_length=MAX_BODY)]
+                            address_field="phoneNumber", max_text_length=MAX_BODY,
+                            count_units=count_segments, default_send_rate=1.0,
+                            routes={webhook.STATUS_PATH: webhook.StatusCallback()})]
 
     @hookimpl
     def sophon_commands(self, cli):
@@ -71,7 +74,8 @@ class SmsTwilioPlugin:
         cfg = channel.config
         client = client_for(cfg, settings.env)
         try:
-            created = client.messages.create(to=message.recipient, from_=cfg["phoneNumber"], body=message.text)
+            created = client.messages.create(to=message.recipient, from_=cfg["phoneNumber"], body=message.text,
+                                             status_callback=webhook.status_callback_url(channel, settings))
         except TwilioRestException as exc:
             raise send_error(exc, to=message.recipient, from_=cfg["phoneNumber"],
                              retry_after=retry_after(client)) from None

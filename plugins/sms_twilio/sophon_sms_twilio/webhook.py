@@ -18,6 +18,24 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 TEXT_ONLY_REPLY = ("This number handles text only: pictures and files can't be received here. "
                    "Please send your message as text.")
 REQUIRED = ("MessageSid", "From", "To")
+
+# Twilio's default opt-out handling for long codes and toll-free numbers answers these
+# keywords itself; Sophon records them and never runs the agent on them.
+OPT_OUT = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
+OPT_IN = frozenset({"START", "YES", "UNSTOP"})
+HELP = frozenset({"HELP", "INFO"})
+
+
+def intent_of(body: str) -> str:
+    """``opt_out``, ``opt_in``, ``help`` for a message that is just that keyword (any case)."""
+    word = body.strip().upper()
+    if word in OPT_OUT:
+        return "opt_out"
+    if word in OPT_IN:
+        return "opt_in"
+    if word in HELP:
+        return "help"
+    return "message"
 MAX_FIELDS = 200
 
 
@@ -129,6 +147,65 @@ def _message(channel: Channel, form: Form) -> InboundMessage:
         else:
             text, canned = note, TEXT_ONLY_REPLY
     meta = {k: form.first(k) for k in ("FromCity", "FromState", "FromCountry", "NumSegments") if form.first(k)}
+    try:
+        units = max(1, int(form.first("NumSegments", "1") or 1))
+    except ValueError:
+        units = 1
     return InboundMessage(channel_id=channel.id, provider_message_id=form.first("MessageSid"),
                           sender=form.first("From"), recipient=form.first("To"), text=text,
-                          dropped_attachments=dropped, metadata=meta, canned_reply=canned)
+                          dropped_attachments=dropped, metadata=meta, canned_reply=canned,
+                          intent=intent_of(body) if not dropped else "message", units=units)
+
+
+STATUS_PATH = "/api/channels/sms/status"
+DELIVERY_ERRORS = {
+    "30003": "the handset is unreachable (off or out of coverage)",
+    "30004": "the message was blocked (the recipient may have blocked the number)",
+    "30005": "the number is unknown or no longer in service",
+    "30006": "the number is a landline or its carrier cannot receive SMS",
+    "30007": "the carrier filtered the message (spam rules; register your number or use a toll-free one)",
+    "30008": "the carrier reported an unknown error",
+}
+
+
+def status_callback_url(channel: Channel, settings: Settings) -> str | None:
+    """Where Twilio should report delivery: only when we know our public URL."""
+    base = (channel.config.get("publicUrl") or settings.public_url or "").rstrip("/")
+    return base + STATUS_PATH if base else None
+
+
+class StatusCallback:
+    """``POST /api/channels/sms/status``: Twilio's delivery reports, checked like inbound webhooks."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        from sophon_core.pipeline import record_delivery_status
+
+        runtime = req.context.runtime
+        settings = runtime.settings
+        body = req.bounded_stream.read(settings.max_body_bytes + 1)
+        if len(body) > settings.max_body_bytes:
+            raise WebhookRejected(413, f"request body is over the {settings.max_body_bytes}-byte limit")
+        req.context.body = body
+        form = parse_form(req)
+        sender, account = form.first("From"), form.first("AccountSid")
+        channels = runtime.config.of_type("sms")
+        candidates = ([c for c in channels if c.config["phoneNumber"] == sender]
+                      or [c for c in channels if account and c.config["accountSid"] == account])
+        if not candidates:
+            raise WebhookRejected(404, NO_CHANNEL, f"status callback for {sender or account or '?'}, "
+                                  "which no SMS channel in channels.json has")
+        signature = req.get_header("X-Twilio-Signature")
+        if not signature:
+            raise WebhookRejected(403, BAD_SIGNATURE, "status callback without X-Twilio-Signature")
+        _verify(req, form, signature, candidates, settings)
+        sid, status = form.first("MessageSid"), form.first("MessageStatus")
+        if not sid or not status:
+            raise WebhookRejected(400, "missing required field(s): "
+                                  + ", ".join(n for n, v in (("MessageSid", sid), ("MessageStatus", status)) if not v))
+        code = form.first("ErrorCode")
+        error = f"Twilio {code}: {DELIVERY_ERRORS.get(code, 'delivery failed')}" if code else None
+        if not record_delivery_status(runtime, sid, status.lower(), error):
+            log.info("status %s for %s ignored (unknown message, or older than what we know)", status, sid)
+        resp.status = 200
+        resp.content_type = "text/xml"
+        resp.text = EMPTY_TWIML

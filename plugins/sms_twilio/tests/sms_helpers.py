@@ -13,9 +13,11 @@ WEBHOOK = "/api/channels/sms/webhook"
 
 
 def sms_channel(account, cid="sms-twilio", number=NUMBER, **extra):
+    """A channel for the sandbox account. Pacing is effectively off (the pacing tests set it)."""
     return {"id": cid, "type": "sms", "name": "Sophon SMS", "enabled": True,
             "config": {"accountSid": account.sid, "authToken": account.auth_token, "phoneNumber": number},
-            "routing": {"agentId": "default", "dmBehavior": "per-peer"}, **extra}
+            "routing": {"agentId": "default", "dmBehavior": "per-peer"},
+            "limits": {"sendRate": 1000}, **extra}
 
 
 def inbound_form(account_sid, body="hello", sender=PEER, to=NUMBER, sid=None, **extra):

@@ -24,7 +24,7 @@ from .server import (
     demo_sandbox,
     main,
 )
-from .segments import count_segments
+from ..segments import count_segments
 
 __all__ = [
     "API_VERSION",

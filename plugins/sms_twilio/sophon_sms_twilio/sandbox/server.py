@@ -41,7 +41,7 @@ from typing import Any, Iterable, Sequence
 
 from twilio.request_validator import RequestValidator
 
-from .segments import count_segments
+from ..segments import count_segments
 
 __all__ = [
     "API_VERSION",
