@@ -113,6 +113,60 @@ def channels_test(channel_id: str) -> None:
     sys.exit(0 if result.ok else 1)
 
 
+def _store(settings: Settings):
+    from .store import Store
+
+    return Store(settings.data_dir / "sophon.db", settings.sqlite_synchronous)
+
+
+def _table(head: tuple[str, ...], rows: list[tuple]) -> None:
+    table = [head] + [tuple("" if v is None else str(v) for v in r) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.option("--limit", default=30, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def messages(limit: int, as_json: bool) -> None:
+    """Recent messages: direction, peer, status, error, units (SMS segments)."""
+    settings, _, _, _ = load_or_exit(None)
+    rows = _store(settings).recent(limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    import time as _time
+
+    _table(("WHEN (UTC)", "CHANNEL", "DIR", "PEER", "STATUS", "UNITS", "TEXT", "ERROR"),
+           [(_time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(r["created_at"])), r["channel_id"], r["direction"],
+             r["peer"], r["status"], r["units"], _short(r["text"], 40), _short(r["error"] or "", 60))
+            for r in reversed(rows)])
+
+
+@cli.command()
+@click.option("--day", default=None, help="one UTC day, YYYY-MM-DD (default: every day recorded)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def usage(day: str | None, as_json: bool) -> None:
+    """Messages and units (SMS segments) in and out per channel and day, and what the guards stopped."""
+    settings, _, _, _ = load_or_exit(None)
+    data = _store(settings).usage(day)
+    names = ("messages_in", "units_in", "messages_out", "units_out", "failed", "blocked", "rate_limited",
+             "skipped_opted_out", "skipped_budget")
+    if as_json:
+        click.echo(json.dumps([{"channel": c, "day": d, **{n: v.get(n, 0) for n in names}}
+                               for (c, d), v in data.items()], indent=2))
+        return
+    _table(("DAY", "CHANNEL", "IN", "UNITS IN", "OUT", "UNITS OUT", "FAILED", "BLOCKED", "RATE-LIMITED",
+            "OPTED-OUT", "OVER BUDGET"),
+           [(d, c, *(v.get(n, 0) for n in names)) for (c, d), v in data.items()])
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         pm = get_plugin_manager()

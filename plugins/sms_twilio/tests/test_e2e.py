@@ -43,6 +43,19 @@ def test_signed_webhook_to_gunicorn_gets_200_and_reply_reaches_twilio_api(sandbo
     assert "X-Twilio-Signature does not match" in log
     assert account.auth_token not in log
 
+    # the operator's view of what happened
+    cli_env = {**os.environ, **env}
+    out = subprocess.run([*SOPHON, "messages", "--json"], env=cli_env, capture_output=True, text=True, timeout=60)
+    rows = json.loads(out.stdout)
+    assert [(r["direction"], r["peer"], r["status"], r["units"]) for r in reversed(rows)] == [
+        ("in", PEER, "received", 1), ("out", PEER, "queued", 1)]
+    assert rows[0]["provider_id"] == m["response"]["sid"]
+    out = subprocess.run([*SOPHON, "usage", "--json"], env=cli_env, capture_output=True, text=True, timeout=60)
+    (day,) = json.loads(out.stdout)
+    assert (day["channel"], day["messages_in"], day["messages_out"], day["units_out"]) == ("sms-twilio", 1, 1, 1)
+    table = subprocess.run([*SOPHON, "messages"], env=cli_env, capture_output=True, text=True, timeout=60)
+    assert "You said" in table.stdout and account.auth_token not in table.stdout + table.stderr + out.stdout
+
 
 def test_readme_quick_start_demo_and_simulate(tmp_path):
     """`sophon sms demo` (what ./dev serve runs) then `sophon sms simulate "hello"`."""
