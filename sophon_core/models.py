@@ -176,12 +176,16 @@ class WebhookReply:
 
     The core commits ``messages`` to the pipeline, then answers with
     ``status``/``body``/``content_type``; the agent never runs inside the request.
+    ``idempotency_key``: the provider's id of this delivery (e.g. Twilio's
+    I-Twilio-Idempotency-Token); a delivery whose key was processed before is
+    answered the same way and its messages are not accepted again.
     """
 
     body: str = ""
     content_type: str = "text/plain"
     status: int = 200
     messages: tuple[InboundMessage, ...] = ()
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,6 @@ class Pipeline:
             if store.accept_inbound(msg, key) is None:
                 log.info("duplicate delivery of %s on %s ignored", msg.provider_message_id, channel.id)
                 continue
-            store.count(channel.id, messages_in=1, units_in=msg.units)
             queued += 1
         if queued:
             self.start()

@@ -37,7 +37,13 @@ class WebhookResource:
             channels=self.runtime.config.of_type(self.type.name), settings=self.runtime.settings)
         if reply is None:
             raise WebhookRejected(500, f"no plugin handles webhooks of type {self.type.name!r}")
-        self.runtime.pipeline.accept(self.type.name, reply.messages)
+        key = f"{self.type.name}:{reply.idempotency_key}" if reply.idempotency_key else None
+        if key and self.runtime.store.seen_delivery(key):
+            log.info("webhook delivery %s was processed before; not accepted again", key)
+        else:
+            self.runtime.pipeline.accept(self.type.name, reply.messages)
+            if key:  # after the messages are stored: a crash in between only repeats the dedupe
+                self.runtime.store.record_delivery(key)
         resp.status = reply.status
         resp.content_type = reply.content_type
         resp.text = reply.body

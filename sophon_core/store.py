@@ -79,6 +79,11 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (channel_id, day, counter)
 );
 
+CREATE TABLE IF NOT EXISTS deliveries (  -- webhook idempotency keys already processed
+    key         TEXT PRIMARY KEY,
+    at          REAL NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS pacing (
     address     TEXT PRIMARY KEY,
     next_at     REAL NOT NULL
@@ -151,7 +156,8 @@ class Store:
     # --- inbound -------------------------------------------------------------------
 
     def accept_inbound(self, msg: InboundMessage, session_key: str) -> int | None:
-        """Store an inbound message and its job, once per (channel, provider message id).
+        """Store an inbound message and its job, once per (channel, provider message id),
+        and count it in today's usage, all in one transaction.
 
         :return: the message's row id, or ``None`` if it was stored before (a retried webhook).
         """
@@ -169,6 +175,7 @@ class Store:
                 "INSERT INTO jobs (inbound_id, channel_id, session_key, state, not_before, payload,"
                 " created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
                 (row, msg.channel_id, session_key, now, json.dumps(asdict(msg)), now, now))
+            self._add_usage(db, msg.channel_id, {"messages_in": 1, "units_in": msg.units})
             return row
 
     def record_inbound(self, msg: InboundMessage, session_key: str, status: str = "received") -> int | None:
@@ -290,11 +297,23 @@ class Store:
 
     def count(self, channel_id: str, **counters: int) -> None:
         """Add to today's (UTC) counters of a channel, e.g. ``count("sms", messages_in=1)``."""
-        day = time.strftime("%Y-%m-%d", time.gmtime())
         with self._write() as db:
-            for name, value in counters.items():
-                db.execute("INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (channel_id, day, counter)"
-                           " DO UPDATE SET value = value + excluded.value", (channel_id, day, name, value))
+            self._add_usage(db, channel_id, counters)
+
+    @staticmethod
+    def _add_usage(db: sqlite3.Connection, channel_id: str, counters: dict[str, int]) -> None:
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        for name, value in counters.items():
+            db.execute("INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (channel_id, day, counter)"
+                       " DO UPDATE SET value = value + excluded.value", (channel_id, day, name, value))
+
+    def seen_delivery(self, key: str) -> bool:
+        """True if a webhook delivery with this idempotency key was processed before."""
+        return self._conn().execute("SELECT 1 FROM deliveries WHERE key = ?", (key,)).fetchone() is not None
+
+    def record_delivery(self, key: str) -> None:
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?)", (key, time.time()))
 
     def usage(self, day: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
         """``{(channel_id, day): {counter: value}}``, for one day or all."""

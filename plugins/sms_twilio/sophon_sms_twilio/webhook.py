@@ -112,7 +112,8 @@ def handle(req: falcon.Request, channels: Sequence[Channel], settings: Settings)
     if not channel.enabled:
         raise WebhookRejected(404, NO_CHANNEL, f"the SMS channel {channel.id!r} for {to} is not "
                               "activated (set \"enabled\": true in channels.json)")
-    return WebhookReply(body=EMPTY_TWIML, content_type="text/xml", messages=(_message(channel, form),))
+    return WebhookReply(body=EMPTY_TWIML, content_type="text/xml", messages=(_message(channel, form),),
+                        idempotency_key=req.get_header("I-Twilio-Idempotency-Token"))
 
 
 def _verify(req, form, signature, candidates, settings) -> Channel:

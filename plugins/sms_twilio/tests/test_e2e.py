@@ -147,3 +147,36 @@ def test_chunked_webhooks_are_read_and_bounded(sandbox, account, sms_env, tmp_pa
         sandbox.wait_for_messages(1, to=PEER, timeout=15)
         status, text = post_chunked(inbound_form(account.sid, "x" * (1024 * 1024)))
         assert status == 413 and "limit" in text
+
+
+def test_concurrent_duplicate_webhooks_to_two_workers_are_answered_once(sandbox, account, sms_env, tmp_path):
+    import threading
+
+    import requests
+    from twilio.request_validator import RequestValidator
+
+    from sms_helpers import inbound_form
+
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    env = sms_env([sms_channel(account)], SOPHON_PUBLIC_URL=public)
+    forms = [inbound_form(account.sid, f"dup {i}", sid=f"SM{i:032x}") for i in range(5)]
+    validator = RequestValidator(account.auth_token)
+    statuses = []
+
+    def deliver(form):
+        r = requests.post(public + WEBHOOK, data=form, timeout=15,
+                          headers={"X-Twilio-Signature": validator.compute_signature(public + WEBHOOK, form)})
+        statuses.append(r.status_code)
+
+    with gunicorn(env, port=port, workers=2, log=tmp_path / "g.log"):
+        threads = [threading.Thread(target=deliver, args=(form,)) for form in forms for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sandbox.wait_for_messages(5, to=PEER, timeout=20)
+        time.sleep(1.0)
+    assert statuses == [200] * 30
+    said = sorted(m["form"]["Body"].split('You said: "')[1].split('"')[0] for m in sandbox.messages(to=PEER))
+    assert said == [f"dup {i}" for i in range(5)]  # each answered exactly once

@@ -8,7 +8,6 @@ import time
 
 import falcon.testing
 import pytest
-from twilio.request_validator import RequestValidator
 
 from sophon_core.app import create_app
 from sophon_core.hookspecs import hookimpl

@@ -206,3 +206,14 @@ def test_long_reply_is_split_and_sent_in_order(app, account, sandbox):
     assert all(len(b) <= 1600 for b in bodies) and len(bodies) >= 3
     # split at paragraph boundaries: every part starts a paragraph
     assert all(b.startswith("Paragraph") for b in bodies)
+
+
+def test_a_repeated_idempotency_token_is_not_accepted_twice(app, account, sandbox):
+    rt, client = app()
+    token = {"I-Twilio-Idempotency-Token": "a1b2c3"}
+    r1 = post_signed(client, account.auth_token, inbound_form(account.sid, "one", sid="SM" + "1" * 32), headers=token)
+    r2 = post_signed(client, account.auth_token, inbound_form(account.sid, "two", sid="SM" + "2" * 32), headers=token)
+    assert (r1.status_code, r2.status_code) == (200, 200) and r2.text == EMPTY_TWIML
+    sandbox.wait_for_messages(1, to=PEER)
+    time.sleep(0.5)
+    assert [m["form"]["Body"] for m in sandbox.messages()] == ['Sophon default agent. You said: "one"']
