@@ -242,6 +242,12 @@ def _message(err: jsonschema.ValidationError, root: Mapping[str, Any]) -> str:
         return f"{shown} is not one of: {', '.join(map(str, err.validator_value))}"
     if v in ("pattern", "format"):
         return f"{shown} does not match the expected format ({err.validator_value})"
+    bounds = {"minimum": "at least", "exclusiveMinimum": "greater than", "maximum": "at most",
+              "exclusiveMaximum": "less than"}
+    if v in bounds:
+        return f"{shown} must be {bounds[v]} {err.validator_value}"
+    if v == "uniqueItems":
+        return f"{shown} lists an entry more than once"
     if v in ("minLength", "maxLength"):
         return f"{'value' if secret else shown} is too {'short' if v == 'minLength' else 'long'} ({v} {err.validator_value})"
     return f"{shown} fails the schema's {v!r} rule"

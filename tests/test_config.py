@@ -153,3 +153,20 @@ def test_secret_is_scrubbed_even_from_a_plugins_own_messages(env):
 def test_unknown_agent_is_an_error(make_runtime):
     with pytest.raises(ConfigError, match=r"d1: routing.agentId: no agent 'gpt' is installed \(installed: default\)"):
         make_runtime([dummy_channel(routing={"agentId": "gpt"})])
+
+
+def test_open_main_session_channels_get_a_warning(env):
+    cfg = validate(env, [dummy_channel("a"), dummy_channel("b", "dummy:ann", routing={"dmBehavior": "per-peer"}),
+                         dummy_channel("c", "dummy:cat", access={"mode": "allowlist", "allow": ["dummy:zed"]})])
+    assert [str(w) for w in cfg.warnings] == [
+        "a: routing.dmBehavior: main-session on an open channel: every stranger who texts shares one "
+        "session with everyone else; use per-peer, or access.mode allowlist"]
+    c = cfg.get("c")
+    assert (c.access, c.allow, c.admits("dummy:zed"), c.admits("dummy:bob")) == (
+        "allowlist", frozenset({"dummy:zed"}), True, False)
+
+
+def test_limits_are_validated(env):
+    got = problems(env, [dummy_channel(limits={"sendRate": 0, "dailyOutboundUnits": "lots"})])
+    assert got == ["d1: limits.sendRate: 0 must be greater than 0",
+                   "d1: limits.dailyOutboundUnits: 'lots' should be of type integer"]
