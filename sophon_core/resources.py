@@ -22,16 +22,7 @@ class WebhookResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
-        limit = self.runtime.settings.max_body_bytes
-        if req.content_length is not None and req.content_length > limit:
-            raise WebhookRejected(413, f"request body is {req.content_length} bytes; the limit is {limit}")
-        if req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
-            body = _read_upto(req.stream, limit + 1)  # the WSGI server decodes the chunks
-        else:
-            body = req.bounded_stream.read(limit + 1)
-        if len(body) > limit:
-            raise WebhookRejected(413, f"request body is over the {limit}-byte limit")
-        req.context.body = body
+        req.context.body = read_body(req, self.runtime.settings.max_body_bytes)
         reply = self.runtime.pm.hook.handle_inbound(
             channel_type=self.type.name, request=req,
             channels=self.runtime.config.of_type(self.type.name), settings=self.runtime.settings)
@@ -49,6 +40,23 @@ class WebhookResource:
         resp.text = reply.body
         log.debug("webhook %s acknowledged in %.1f ms", self.type.name,
                   (time.perf_counter() - started) * 1000)
+
+
+def read_body(req: falcon.Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes (chunked bodies included).
+
+    For plugin routes too (e.g. a delivery status callback).
+    :raises WebhookRejected: 413 when the body is larger.
+    """
+    if req.content_length is not None and req.content_length > limit:
+        raise WebhookRejected(413, f"request body is {req.content_length} bytes; the limit is {limit}")
+    if req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+        body = _read_upto(req.stream, limit + 1)  # the WSGI server decodes the chunks
+    else:
+        body = req.bounded_stream.read(limit + 1)
+    if len(body) > limit:
+        raise WebhookRejected(413, f"request body is over the {limit}-byte limit")
+    return body
 
 
 def _read_upto(stream, n: int) -> bytes:

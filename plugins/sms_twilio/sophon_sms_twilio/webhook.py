@@ -10,6 +10,8 @@ from twilio.request_validator import RequestValidator
 
 from sophon_core.errors import WebhookRejected
 from sophon_core.models import Channel, DroppedAttachment, InboundMessage, WebhookReply
+from sophon_core.pipeline import record_delivery_status
+from sophon_core.resources import read_body
 from sophon_core.settings import Settings
 
 log = logging.getLogger("sophon.sms")
@@ -179,14 +181,10 @@ class StatusCallback:
     """``POST /api/channels/sms/status``: Twilio's delivery reports, checked like inbound webhooks."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        from sophon_core.pipeline import record_delivery_status
 
         runtime = req.context.runtime
         settings = runtime.settings
-        body = req.bounded_stream.read(settings.max_body_bytes + 1)
-        if len(body) > settings.max_body_bytes:
-            raise WebhookRejected(413, f"request body is over the {settings.max_body_bytes}-byte limit")
-        req.context.body = body
+        req.context.body = read_body(req, settings.max_body_bytes)
         form = parse_form(req)
         sender, account = form.first("From"), form.first("AccountSid")
         channels = runtime.config.of_type("sms")

@@ -197,3 +197,15 @@ def test_usage_counts_messages_and_segments_both_ways(app, account, sandbox):
     settle(rt)
     usage = today(rt)
     assert (usage["messages_in"], usage["messages_out"], usage["units_out"]) == (2, 2, 3)
+
+
+def test_status_callback_bad_input(app, account, sandbox):
+    rt, client, agent = app()
+    big = {"MessageSid": "SM" + "1" * 32, "MessageStatus": "sent", "From": NUMBER, "AccountSid": account.sid,
+           "Pad": "x" * (70 * 1024)}
+    assert post_signed(client, account.auth_token, big, url=PUBLIC + STATUS, path=STATUS).status_code == 413
+    missing = {"MessageSid": "SM" + "1" * 32, "From": NUMBER, "AccountSid": account.sid}
+    r = post_signed(client, account.auth_token, missing, url=PUBLIC + STATUS, path=STATUS)
+    assert r.status_code == 400 and "MessageStatus" in r.text
+    r = post_signed(client, account.auth_token, missing, url=PUBLIC + STATUS, path=STATUS, signature="")
+    assert r.status_code == 403
