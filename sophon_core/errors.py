@@ -59,11 +59,15 @@ class SendError(SophonError):
     :param retry_after: seconds the provider asked us to wait (e.g. HTTP Retry-After).
     :param recipient_opted_out: the provider says the recipient opted out; the core
         records it and sends them nothing more until they opt back in.
+    :param ambiguous: the request may have reached the provider (e.g. a read
+        timeout): a retry may duplicate the message, and the core logs that it does.
     """
 
     def __init__(self, message: str, *, code: int | None = None, permanent: bool = False,
-                 retry_after: float | None = None, recipient_opted_out: bool = False):
+                 retry_after: float | None = None, recipient_opted_out: bool = False,
+                 ambiguous: bool = False):
         self.code = code
+        self.ambiguous = ambiguous
         self.recipient_opted_out = recipient_opted_out
         self.permanent = permanent
         self.retry_after = retry_after

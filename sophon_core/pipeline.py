@@ -14,6 +14,7 @@ part and before its id was recorded makes that part go out twice.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from .errors import SendError
 from .models import Channel, InboundMessage, OutboundMessage
-from .store import Job
+from .store import Job, LeaseLost
 from .textsplit import split_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,7 +49,7 @@ def session_key(channel: Channel, msg: InboundMessage) -> str:
 
 def backoff(attempt: int, base: float, retry_after: float | None = None) -> float:
     """Exponential backoff with jitter, never shorter than what the provider asked for."""
-    delay = min(MAX_BACKOFF, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
+    delay = min(MAX_BACKOFF, base * 2 ** max(0, attempt - 1) * random.uniform(0.5, 1.5))
     return max(delay, retry_after or 0.0)
 
 
@@ -56,6 +57,8 @@ class Pipeline:
     def __init__(self, runtime: "Runtime"):
         self.runtime = runtime
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._pid = os.getpid()
+        self._active: dict[int, tuple[Job, float]] = {}  # jobs in hand, for the heartbeat
         self.abandoned_agent_calls = 0  # agent calls still running after their timeout
         self._guard = threading.Lock()
         self._wake = threading.Condition()
@@ -91,43 +94,33 @@ class Pipeline:
                 continue
             key = session_key(channel, msg)
             if msg.intent != "message":
-                self._consent(channel, msg, key)
+                if store.record_consent(msg, key) and msg.intent in ("opt_out", "opt_in"):
+                    log.info("%s opted %s on %s", msg.sender, "out" if msg.intent == "opt_out" else "back in",
+                             channel.id)
                 continue
-            hour_ago = time.time() - 3600
-            if store.inbound_since(channel.id, msg.sender, hour_ago) >= channel.limits.inbound_per_sender_per_hour:
-                if store.record_inbound(msg, key, status="rate-limited") is not None:
-                    store.count(channel.id, messages_in=1, units_in=msg.units, rate_limited=1)
-                    log.warning("%s sent more than %d messages to %s in an hour "
-                                "(limits.inboundPerSenderPerHour); %s not answered", msg.sender,
-                                channel.limits.inbound_per_sender_per_hour, channel.id, msg.provider_message_id)
-                continue
-            if store.accept_inbound(msg, key) is None:
+            outcome, _ = store.accept_inbound(msg, key, channel.limits.inbound_per_sender_per_hour)
+            if outcome == "duplicate":
                 log.info("duplicate delivery of %s on %s ignored", msg.provider_message_id, channel.id)
-                continue
-            queued += 1
+            elif outcome == "rate-limited":
+                log.warning("%s sent more than %d messages to %s in an hour (limits.inboundPerSenderPerHour);"
+                            " %s not answered", msg.sender, channel.limits.inbound_per_sender_per_hour,
+                            channel.id, msg.provider_message_id)
+            else:
+                queued += 1
         if queued:
             self.start()
             with self._wake:
                 self._wake.notify(queued)
         return queued
 
-    def _consent(self, channel: Channel, msg: InboundMessage, key: str) -> None:
-        store = self.runtime.store
-        if store.record_inbound(msg, key, status=msg.intent) is None:
-            return  # duplicate delivery
-        store.count(channel.id, messages_in=1, units_in=msg.units)
-        if msg.intent == "opt_out":
-            store.set_opt_out(channel.id, msg.sender, msg.text.strip().upper() or "STOP")
-            log.info("%s opted out of %s; nothing will be sent to them", msg.sender, channel.id)
-        elif msg.intent == "opt_in":
-            store.set_opt_out(channel.id, msg.sender, None)
-            log.info("%s opted back in to %s", msg.sender, channel.id)
-
     # --- runner threads ------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the runner threads of this process (idempotent; call after fork)."""
+        """Start this process's runner threads (idempotent; safe after fork or --preload)."""
         with self._guard:
+            if self._pid != os.getpid():  # forked (gunicorn --preload): threads did not come along
+                self._pid, self._threads, self._active = os.getpid(), [], {}
+                self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             if self._threads or self._stop.is_set():
                 return
             count = self.runtime.settings.pipeline_threads
@@ -136,22 +129,24 @@ class Pipeline:
             self._threads.append(threading.Thread(target=self._heartbeat, name="sophon-lease", daemon=True))
             for t in self._threads:
                 t.start()
+            atexit.register(self.shutdown)  # gunicorn's graceful stop: finish what is in hand
 
-    def shutdown(self, wait: bool = True, timeout: float = 30.0) -> None:
-        """Stop claiming; let jobs in progress finish (their leases cover a hard stop)."""
+    def shutdown(self, wait: bool = True, timeout: float = 20.0) -> None:
+        """Stop claiming; let jobs in hand finish (their leases cover a hard stop)."""
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
         if wait:
             deadline = time.monotonic() + timeout
             for t in self._threads:
-                t.join(max(0.0, deadline - time.monotonic()))
+                if t is not threading.current_thread():
+                    t.join(max(0.0, deadline - time.monotonic()))
 
     def run_pending(self) -> int:
         """Process every job that is due now, in this thread (for tools and tests)."""
         done = 0
         while (job := self.runtime.store.claim(self.owner, self.runtime.settings.job_lease)) is not None:
-            self._process(job)
+            self._work(job)
             done += 1
         return done
 
@@ -160,20 +155,43 @@ class Pipeline:
         while not self._stop.is_set():
             try:
                 job = store.claim(self.owner, lease)
-            except Exception:
-                log.exception("claiming a job failed; retrying")
-                job = None
-            if job is None:
-                with self._wake:
-                    self._wake.wait(IDLE_POLL)
-                continue
+                if job is None:
+                    with self._wake:
+                        self._wake.wait(IDLE_POLL)
+                    continue
+                self._work(job)
+            except Exception:  # the store failed (disk full, locked): never let the runner die
+                log.exception("runner error; going on in %.1f s", IDLE_POLL)
+                self._stop.wait(IDLE_POLL)
+
+    def _work(self, job: Job) -> None:
+        """Process one claimed job; the heartbeat renews its lease meanwhile."""
+        with self._guard:
+            self._active[job.id] = (job, time.monotonic())
+        try:
             self._process(job)
+        except LeaseLost as exc:
+            log.warning("%s; leaving it to that runner", exc)
+        finally:
+            with self._guard:
+                self._active.pop(job.id, None)
 
     def _heartbeat(self) -> None:
-        lease = self.runtime.settings.job_lease
+        settings = self.runtime.settings
+        lease = settings.job_lease
+        # A job is renewed while its runner works on it, up to a cap: a runner stuck
+        # longer than any agent timeout plus a retry window is presumed dead.
+        cap = settings.agent_timeout + MAX_BACKOFF + 600
         while not self._stop.wait(lease / 3):
+            with self._guard:
+                now = time.monotonic()
+                jobs = [job for job, since in self._active.values() if now - since < cap]
+            if not jobs:
+                continue
             try:
-                self.runtime.store.renew(self.owner, lease)
+                lost = self.runtime.store.renew(jobs, lease)
+                if lost:
+                    log.error("lost the lease of job(s) %s to another runner", lost)
             except Exception:
                 log.exception("renewing job leases failed")
 
@@ -184,105 +202,115 @@ class Pipeline:
         try:
             channel = self.runtime.config.get(job.channel_id)
             if channel is None or not channel.enabled:
-                store.fail(job.id, f"channel {job.channel_id!r} is no longer active; reply not sent")
+                store.fail(job, f"channel {job.channel_id!r} is no longer active; reply not sent")
                 log.error("job %d: channel %r is no longer active; not answering", job.id, job.channel_id)
                 return
             msg = job.message
-            if self.runtime.store.opted_out(channel.id, msg.sender):
-                (part,) = store.parts(job, [""], msg.sender)
-                self._skip(job, part, "recipient opted out; agent not asked", skipped_opted_out=1)
+            if store.opted_out(channel.id, msg.sender):
+                store.skip_job(job, "recipient opted out", "skipped_opted_out")
                 log.info("not answering %s on %s: they opted out", msg.sender, channel.id)
                 return
             reply = job.reply
             if reply is None:
                 reply = msg.canned_reply if msg.canned_reply is not None else self._ask_agent(channel, job)
-                store.save_reply(job.id, reply)
+                store.save_reply(job, reply)
             self._send_parts(channel, job, reply)
-        except Exception as exc:  # a bug, not a provider failure: keep the job for a later try
+        except LeaseLost:
+            raise
+        except Exception as exc:  # a bug or a store failure, not a provider failure: try later
             log.exception("job %d (%s on %s) failed unexpectedly", job.id, job.message.provider_message_id,
                           job.channel_id)
             self._retry_or_give_up(job, f"internal error: {type(exc).__name__}", None)
-
-    # --- delivery status -----------------------------------------------------------
 
     def _send_parts(self, channel: Channel, job: Job, reply: str) -> None:
         store, pm, settings = self.runtime.store, self.runtime.pm, self.runtime.settings
         ctype = self.runtime.types[channel.type]
         texts = split_text(reply, ctype.max_text_length) if ctype.max_text_length else [reply]
         peer = job.message.sender
+        address = f"{channel.type}:{channel.address or channel.id}"
         for part in store.parts(job, texts, peer):
             if part.status not in ("pending", "in-flight"):
                 continue  # accepted by the provider before (or failed for good)
-            if store.opted_out(channel.id, peer):
-                self._skip(job, part, "recipient opted out", skipped_opted_out=1)
+            units = ctype.units(part.text)
+            self._pace(channel, ctype, address, units)
+            verdict = store.begin_part(job, part, units, channel.limits.daily_outbound_units)
+            if verdict == "opted_out":
+                store.skip_job(job, "recipient opted out", "skipped_opted_out")
                 log.info("not answering %s on %s: they opted out", peer, channel.id)
                 return
-            units = ctype.units(part.text)
-            budget = channel.limits.daily_outbound_units
-            if store.used_today(channel.id, "units_out") + units > budget:
-                self._skip(job, part, f"daily budget of {budget} units reached (limits.dailyOutboundUnits)",
-                           skipped_budget=1)
+            if verdict == "over_budget":
+                budget = channel.limits.daily_outbound_units
+                store.skip_job(job, f"daily budget of {budget} units reached (limits.dailyOutboundUnits)",
+                               "skipped_budget")
                 log.error("channel %s reached its daily budget of %d units; not answering %s",
                           channel.id, budget, peer)
                 return
-            self._pace(channel, ctype, units)
             if part.status == "in-flight":
                 log.warning("job %d part %d may have been sent before a crash; sending it again "
                             "(at-least-once)", job.id, part.part_no)
-            store.set_part(part.id, "in-flight")
             try:
                 sent = pm.hook.send(channel=channel, message=OutboundMessage(channel.id, peer, part.text),
                                     settings=settings)
+                if sent is None:
+                    raise RuntimeError(f"no plugin implements send for channel type {channel.type!r}")
             except SendError as exc:
-                if exc.recipient_opted_out:
-                    store.set_opt_out(channel.id, peer, "STOP (reported by the provider)")
-                if exc.permanent:
-                    store.set_part(part.id, "failed", error=str(exc))
-                    store.skip_unsent(job.id, "an earlier part failed")
-                    store.fail(job.id, str(exc))
-                    store.count(channel.id, failed=1)
-                    log.error("sending to %s on %s failed for good: %s", peer, channel.id, exc)
-                    return
-                store.set_part(part.id, "pending", error=str(exc))
-                self._retry_or_give_up(job, str(exc), exc.retry_after, part_id=part.id)
+                self._send_failed(channel, job, part, units, exc, address)
                 return
-            if sent is None:
-                raise RuntimeError(f"no plugin implements send for channel type {channel.type!r}")
-            store.set_part(part.id, sent.status or "sent", provider_id=sent.provider_message_id, units=units)
-            store.count(channel.id, messages_out=1, units_out=units)
-        store.complete(job.id)
+            except Exception:
+                store.part_unsent(job, part, units, "internal error", status="in-flight")
+                raise
+            self._record_sent(job, part, sent)
+        store.complete(job)
         log.info("replied to %s on %s (job %d)", peer, channel.id, job.id)
 
-    def _skip(self, job: Job, part, reason: str, **counters: int) -> None:
-        store = self.runtime.store
-        store.set_part(part.id, "skipped", error=reason)
-        store.skip_unsent(job.id, reason)
-        store.complete(job.id)
-        store.count(job.channel_id, **counters)
+    def _record_sent(self, job: Job, part, sent) -> None:
+        """The provider took the part: its id must reach the store, or a retry would resend it."""
+        for attempt in range(6):
+            try:
+                self.runtime.store.part_sent(job, part, sent.provider_message_id, sent.status or "sent")
+                return
+            except Exception:
+                if attempt == 5:
+                    raise
+                log.exception("recording %s failed; trying again", sent.provider_message_id)
+                time.sleep(0.5 * 2 ** attempt)
 
-    def _pace(self, channel: Channel, ctype, units: int) -> None:
+    def _send_failed(self, channel: Channel, job: Job, part, units: int, exc: SendError, address: str) -> None:
+        store, peer = self.runtime.store, job.message.sender
+        if exc.recipient_opted_out:
+            store.set_opt_out(channel.id, peer, "STOP (reported by the provider)")
+        if exc.permanent:
+            store.part_unsent(job, part, units, str(exc), status="failed")
+            store.fail(job, str(exc))
+            store.count(channel.id, failed=1)
+            log.error("sending to %s on %s failed for good: %s", peer, channel.id, exc)
+            return
+        store.part_unsent(job, part, units, str(exc), status="in-flight" if exc.ambiguous else "pending")
+        if exc.retry_after:
+            store.defer_address(address, time.time() + exc.retry_after)
+        self._retry_or_give_up(job, str(exc), exc.retry_after)
+
+    def _pace(self, channel: Channel, ctype, address: str, units: int) -> None:
         """Wait for this address's next send slot (shared by every worker through the store)."""
         rate = channel.limits.send_rate or ctype.default_send_rate
         if not rate:
             return
-        at = self.runtime.store.reserve_send_slot(f"{channel.type}:{channel.address or channel.id}", units, rate)
-        delay = at - time.time()
+        delay = self.runtime.store.reserve_send_slot(address, units, rate) - time.time()
         if delay > 0:
             time.sleep(delay)
 
-    def _retry_or_give_up(self, job: Job, error: str, retry_after: float | None,
-                          part_id: int | None = None) -> None:
+    def _retry_or_give_up(self, job: Job, error: str, retry_after: float | None) -> None:
         settings, store = self.runtime.settings, self.runtime.store
-        delay = backoff(job.attempts, settings.retry_base, retry_after)
-        if time.time() + delay - job.created_at > settings.retry_for:
+        now = time.time()
+        deadline = (job.first_failure_at or now) + settings.retry_for
+        if now >= deadline:
             reason = f"gave up after {job.attempts} attempt(s) over {settings.retry_for:g} s: {error}"
-            if part_id is not None:
-                store.set_part(part_id, "failed", error=reason)
-            store.skip_unsent(job.id, "an earlier part failed")
-            store.fail(job.id, reason)
+            store.fail(job, reason)
+            store.count(job.channel_id, failed=1)
             log.error("job %d: %s", job.id, reason)
             return
-        store.retry_later(job.id, time.time() + delay, error)
+        delay = min(backoff(job.attempts, settings.retry_base, retry_after), deadline - now)
+        store.retry_later(job, now + delay, error)
         log.warning("job %d: %s; trying again in %.1f s (attempt %d)", job.id, error, delay, job.attempts)
 
     def _ask_agent(self, channel: Channel, job: Job) -> str:
@@ -337,9 +365,12 @@ STATUS_RANK = {
 }
 
 
-def record_delivery_status(runtime: "Runtime", provider_id: str, status: str, error: str | None) -> bool:
-    """Apply a provider's delivery report (e.g. Twilio's StatusCallback); forward only.
+def record_delivery_status(runtime: "Runtime", channel_id: str, provider_id: str, status: str,
+                           error: str | None) -> bool:
+    """Apply a provider's delivery report (e.g. Twilio's StatusCallback) for one of the
+    channel's messages; forward only (``read`` only after ``delivered``). A report that
+    arrives before the message's id is recorded is kept and applied then.
 
-    :return: False for an unknown message or a report older than what is known.
+    :return: False when the report changes nothing (yet).
     """
-    return runtime.store.record_status(provider_id, status, error, STATUS_RANK)
+    return runtime.store.record_status(channel_id, provider_id, status, error, STATUS_RANK)

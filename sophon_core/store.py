@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .models import DroppedAttachment, InboundMessage, Turn
 
@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     not_before  REAL NOT NULL,
     lease_owner TEXT,
     lease_until REAL,
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    first_failure_at REAL,            -- when sending first failed (the retry window starts)
     payload     TEXT NOT NULL,    -- the InboundMessage as JSON
     reply       TEXT,             -- the agent's answer, once known
     error       TEXT,
@@ -84,6 +86,13 @@ CREATE TABLE IF NOT EXISTS deliveries (  -- webhook idempotency keys already pro
     at          REAL NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS early_status (  -- delivery reports that arrived before their Sid was recorded
+    provider_id TEXT PRIMARY KEY,
+    status      TEXT NOT NULL,
+    error       TEXT,
+    at          REAL NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS pacing (
     address     TEXT PRIMARY KEY,
     next_at     REAL NOT NULL
@@ -97,6 +106,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_key, id) WHERE state
 _OPEN = "('queued', 'running')"
 
 
+class LeaseLost(Exception):
+    """The job was claimed by another runner (our lease ran out): stop working on it."""
+
+
 @dataclass(frozen=True)
 class Job:
     id: int
@@ -106,6 +119,8 @@ class Job:
     attempts: int
     created_at: float
     reply: str | None
+    token: int
+    first_failure_at: float | None
     message: InboundMessage
 
 
@@ -155,40 +170,64 @@ class Store:
 
     # --- inbound -------------------------------------------------------------------
 
-    def accept_inbound(self, msg: InboundMessage, session_key: str) -> int | None:
-        """Store an inbound message and its job, once per (channel, provider message id),
-        and count it in today's usage, all in one transaction.
+    def accept_inbound(self, msg: InboundMessage, session_key: str,
+                       max_per_hour: int | None = None) -> tuple[str, int | None]:
+        """Store an inbound message once per (channel, provider message id), with its job
+        and today's usage, in one transaction.
 
-        :return: the message's row id, or ``None`` if it was stored before (a retried webhook).
+        :param max_per_hour: when the sender already sent this many messages to the
+            channel in the last hour, the message is stored as ``rate-limited``, no job.
+        :return: ``("queued", row)``, ``("rate-limited", row)`` or ``("duplicate", None)``.
         """
         now = time.time()
         with self._write() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO messages (channel_id, direction, provider_id, peer, session_key,"
-                " text, status, units, created_at) VALUES (?, 'in', ?, ?, ?, ?, 'received', ?, ?)",
-                (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text, msg.units,
-                 msg.received_at))
-            if cur.rowcount != 1:
-                return None
-            row = cur.lastrowid
+            limited = max_per_hour is not None and db.execute(
+                "SELECT COUNT(*) FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
+                " AND created_at >= ?", (msg.channel_id, msg.sender, now - 3600)).fetchone()[0] >= max_per_hour
+            row = self._insert_inbound(db, msg, session_key, "rate-limited" if limited else "received")
+            if row is None:
+                return "duplicate", None
+            counters = {"messages_in": 1, "units_in": msg.units}
+            if limited:
+                self._add_usage(db, msg.channel_id, {**counters, "rate_limited": 1})
+                return "rate-limited", row
             db.execute(
                 "INSERT INTO jobs (inbound_id, channel_id, session_key, state, not_before, payload,"
                 " created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
                 (row, msg.channel_id, session_key, now, json.dumps(asdict(msg)), now, now))
-            self._add_usage(db, msg.channel_id, {"messages_in": 1, "units_in": msg.units})
-            return row
+            self._add_usage(db, msg.channel_id, counters)
+            return "queued", row
 
-    def record_inbound(self, msg: InboundMessage, session_key: str, status: str = "received") -> int | None:
-        """Store an inbound message that needs no job (e.g. an opt-out keyword)."""
+    def record_consent(self, msg: InboundMessage, session_key: str) -> bool:
+        """Store an opt-out / opt-in / help message and apply it, in one transaction.
+
+        The consent is applied even when the message was stored before (a retried
+        webhook after a failure), so a STOP can never be lost.
+        :return: False for a duplicate delivery.
+        """
         with self._write() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO messages (channel_id, direction, provider_id, peer, session_key,"
-                " text, status, units, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?)",
-                (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text, status,
-                 msg.units, msg.received_at))
-            return cur.lastrowid if cur.rowcount == 1 else None
+            row = self._insert_inbound(db, msg, session_key, msg.intent)
+            if msg.intent == "opt_out":
+                db.execute("INSERT OR REPLACE INTO opt_outs VALUES (?, ?, ?, ?)",
+                           (msg.channel_id, msg.sender, msg.text.strip().upper() or "STOP", time.time()))
+            elif msg.intent == "opt_in":
+                db.execute("DELETE FROM opt_outs WHERE channel_id = ? AND peer = ?", (msg.channel_id, msg.sender))
+            if row is not None:
+                self._add_usage(db, msg.channel_id, {"messages_in": 1, "units_in": msg.units})
+            return row is not None
+
+    @staticmethod
+    def _insert_inbound(db: sqlite3.Connection, msg: InboundMessage, session_key: str, status: str) -> int | None:
+        cur = db.execute(
+            "INSERT OR IGNORE INTO messages (channel_id, direction, provider_id, peer, session_key,"
+            " text, status, units, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?)",
+            (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text, status,
+             msg.units, msg.received_at))
+        return cur.lastrowid if cur.rowcount == 1 else None
 
     # --- jobs ----------------------------------------------------------------------
+    # Every change to a claimed job is fenced: it names the job's lease token and
+    # fails with LeaseLost when another runner has claimed the job since.
 
     def claim(self, owner: str, lease: float) -> Job | None:
         """Take the next job that may run now, with a lease of ``lease`` seconds.
@@ -197,55 +236,99 @@ class Store:
         oldest unfinished job of its session (so a session's messages are answered in
         order, across every worker process).
         """
-        now = time.time()
         pick = (f"SELECT j.id FROM jobs j WHERE j.state IN {_OPEN} AND j.not_before <= :now"
                 " AND (j.lease_until IS NULL OR j.lease_until < :now)"
                 f" AND j.id = (SELECT MIN(k.id) FROM jobs k WHERE k.session_key = j.session_key"
                 f"             AND k.state IN {_OPEN})"
                 " ORDER BY j.not_before, j.id LIMIT 1")
-        if self._conn().execute(pick, {"now": now}).fetchone() is None:  # cheap, lock-free check
+        if self._conn().execute(pick, {"now": time.time()}).fetchone() is None:  # cheap, lock-free
             return None
         with self._write() as db:
+            now = time.time()  # after the lock: a long wait for it must not shorten the lease
             hit = db.execute(pick, {"now": now}).fetchone()
             if hit is None:
                 return None
             db.execute("UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?,"
-                       " attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                       " lease_token = lease_token + 1, attempts = attempts + 1, updated_at = ? WHERE id = ?",
                        (owner, now + lease, now, hit[0]))
             row = db.execute("SELECT id, inbound_id, channel_id, session_key, attempts, created_at, reply,"
-                             " payload FROM jobs WHERE id = ?", (hit[0],)).fetchone()
-        payload = json.loads(row[7])
+                             " lease_token, first_failure_at, payload FROM jobs WHERE id = ?",
+                             (hit[0],)).fetchone()
+        payload = json.loads(row[9])
         payload["dropped_attachments"] = tuple(DroppedAttachment(**d) for d in payload["dropped_attachments"])
-        return Job(*row[:7], message=InboundMessage(**payload))
+        return Job(*row[:9], message=InboundMessage(**payload))
 
-    def renew(self, owner: str, lease: float) -> int:
-        """Extend every lease ``owner`` holds; returns how many."""
-        now = time.time()
+    def renew(self, jobs: Iterable[Job], lease: float) -> list[int]:
+        """Extend the leases of ``jobs`` (those a live runner is working on).
+
+        :return: ids of jobs whose lease was lost (claimed by someone else meanwhile).
+        """
+        lost = []
         with self._write() as db:
-            return db.execute("UPDATE jobs SET lease_until = ? WHERE lease_owner = ? AND state = 'running'",
-                              (now + lease, owner)).rowcount
+            until = time.time() + lease
+            for job in jobs:
+                if db.execute("UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_token = ?"
+                              " AND state = 'running'", (until, job.id, job.token)).rowcount != 1:
+                    lost.append(job.id)
+        return lost
 
-    def save_reply(self, job_id: int, reply: str) -> None:
+    @staticmethod
+    def _own(db: sqlite3.Connection, job: Job) -> None:
+        if db.execute("SELECT 1 FROM jobs WHERE id = ? AND lease_token = ? AND state = 'running'",
+                      (job.id, job.token)).fetchone() is None:
+            raise LeaseLost(f"job {job.id} was claimed by another runner")
+
+    def save_reply(self, job: Job, reply: str) -> None:
         with self._write() as db:
-            db.execute("UPDATE jobs SET reply = ?, updated_at = ? WHERE id = ?", (reply, time.time(), job_id))
+            self._own(db, job)
+            db.execute("UPDATE jobs SET reply = ?, updated_at = ? WHERE id = ?", (reply, time.time(), job.id))
 
-    def complete(self, job_id: int) -> None:
-        self._finish(job_id, "done", None)
+    def complete(self, job: Job) -> None:
+        self._finish(job, "done", None)
 
-    def fail(self, job_id: int, error: str) -> None:
-        self._finish(job_id, "failed", error)
+    def fail(self, job: Job, error: str) -> None:
+        """End the job as failed; its parts that were not accepted are marked failed too."""
+        self._finish(job, "failed", error)
 
-    def retry_later(self, job_id: int, not_before: float, error: str) -> None:
+    def retry_later(self, job: Job, not_before: float, error: str) -> None:
         """Give the job back to the queue, due at ``not_before``."""
         with self._write() as db:
+            self._own(db, job)
+            now = time.time()
             db.execute("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
-                       " not_before = ?, error = ?, updated_at = ? WHERE id = ?",
-                       (not_before, error, time.time(), job_id))
+                       " not_before = ?, error = ?, first_failure_at = COALESCE(first_failure_at, ?),"
+                       " updated_at = ? WHERE id = ?", (not_before, error, now, now, job.id))
 
-    def _finish(self, job_id: int, state: str, error: str | None) -> None:
+    def _finish(self, job: Job, state: str, error: str | None) -> None:
         with self._write() as db:
+            self._own(db, job)
+            now = time.time()
+            if state == "failed":
+                db.execute("UPDATE messages SET status = 'failed', error = ?, updated_at = ?"
+                           " WHERE job_id = ? AND direction = 'out' AND status IN ('pending', 'in-flight')",
+                           (error, now, job.id))
             db.execute("UPDATE jobs SET state = ?, error = ?, lease_owner = NULL, lease_until = NULL,"
-                       " updated_at = ? WHERE id = ?", (state, error, time.time(), job_id))
+                       " updated_at = ? WHERE id = ?", (state, error, now, job.id))
+
+    def skip_job(self, job: Job, reason: str, counter: str) -> None:
+        """Finish a job without sending what is left of it (opted out, over budget)."""
+        with self._write() as db:
+            self._own(db, job)
+            now = time.time()
+            left = db.execute("UPDATE messages SET status = 'skipped', error = ?, updated_at = ? WHERE job_id = ?"
+                              " AND direction = 'out' AND status = 'pending'", (reason, now, job.id)).rowcount
+            has_parts = db.execute("SELECT 1 FROM messages WHERE job_id = ? AND direction = 'out'",
+                                   (job.id,)).fetchone()
+            if not has_parts:  # nothing was prepared yet: leave a trace of the skipped reply
+                db.execute("INSERT INTO messages (channel_id, direction, peer, session_key, text, status, error,"
+                           " reply_to, job_id, part_no, created_at, updated_at)"
+                           " VALUES (?, 'out', ?, ?, '', 'skipped', ?, ?, ?, 0, ?, ?)",
+                           (job.channel_id, job.message.sender, job.session_key, reason, job.inbound_id,
+                            job.id, now, now))
+            if left or not has_parts:
+                self._add_usage(db, job.channel_id, {counter: 1})
+            db.execute("UPDATE jobs SET state = 'done', error = ?, lease_owner = NULL, lease_until = NULL,"
+                       " updated_at = ? WHERE id = ?", (reason, now, job.id))
 
     def job_states(self) -> dict[str, int]:
         rows = self._conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
@@ -257,6 +340,7 @@ class Store:
         """The job's outbound parts, recorded as ``pending`` the first time (before any send)."""
         now = time.time()
         with self._write() as db:
+            self._own(db, job)
             for n, text in enumerate(texts):
                 db.execute(
                     "INSERT OR IGNORE INTO messages (channel_id, direction, peer, session_key, text,"
@@ -267,18 +351,55 @@ class Store:
                               " WHERE direction = 'out' AND job_id = ? ORDER BY part_no", (job.id,)).fetchall()
         return [Part(*r) for r in rows]
 
-    def set_part(self, part_id: int, status: str, *, provider_id: str | None = None,
-                 error: str | None = None, units: int | None = None) -> None:
-        with self._write() as db:
-            db.execute("UPDATE messages SET status = ?, provider_id = COALESCE(?, provider_id), error = ?,"
-                       " units = COALESCE(?, units), updated_at = ? WHERE id = ?",
-                       (status, provider_id, error, units, time.time(), part_id))
+    def begin_part(self, job: Job, part: Part, units: int, daily_budget: int) -> str:
+        """Right before the provider call, in one transaction: check the job is still ours,
+        the recipient has not opted out and the day's budget has room; then reserve the
+        units and mark the part ``in-flight``.
 
-    def skip_unsent(self, job_id: int, reason: str) -> None:
-        """Mark the job's parts that never reached the provider as skipped."""
+        :return: ``"ok"``, ``"opted_out"`` or ``"over_budget"``.
+        """
+        day = time.strftime("%Y-%m-%d", time.gmtime())
         with self._write() as db:
-            db.execute("UPDATE messages SET status = 'skipped', error = ?, updated_at = ? WHERE job_id = ?"
-                       " AND direction = 'out' AND status = 'pending'", (reason, time.time(), job_id))
+            self._own(db, job)
+            if db.execute("SELECT 1 FROM opt_outs WHERE channel_id = ? AND peer = ?",
+                          (job.channel_id, job.message.sender)).fetchone():
+                return "opted_out"
+            used = db.execute("SELECT value FROM usage WHERE channel_id = ? AND day = ? AND counter = 'units_out'",
+                              (job.channel_id, day)).fetchone()
+            if (used[0] if used else 0) + units > daily_budget:
+                return "over_budget"
+            self._add_usage(db, job.channel_id, {"units_out": units, "messages_out": 1})
+            db.execute("UPDATE messages SET status = 'in-flight', units = ?, updated_at = ? WHERE id = ?",
+                       (units, time.time(), part.id))
+            return "ok"
+
+    def part_sent(self, job: Job, part: Part, provider_id: str, status: str) -> None:
+        """Record the provider's id (and any delivery report that arrived before it).
+
+        Not fenced: the provider accepted the part, which must be recorded whatever happened.
+        """
+        with self._write() as db:
+            early = db.execute("SELECT status, error FROM early_status WHERE provider_id = ?",
+                               (provider_id,)).fetchone()
+            if early:
+                status, error = early
+                db.execute("DELETE FROM early_status WHERE provider_id = ?", (provider_id,))
+            else:
+                error = None
+            db.execute("UPDATE messages SET status = ?, provider_id = ?, error = ?, updated_at = ? WHERE id = ?",
+                       (status, provider_id, error, time.time(), part.id))
+
+    def part_unsent(self, job: Job, part: Part, units: int, error: str, *, status: str = "pending") -> None:
+        """The provider did not take the part: give the reserved units back.
+
+        ``status``: ``pending`` (try again), ``failed`` (for good) or ``in-flight``
+        (unknown whether the provider took it: a retry sends it again, and says so).
+        """
+        with self._write() as db:
+            if status != "in-flight":
+                self._add_usage(db, job.channel_id, {"units_out": -units, "messages_out": -1})
+            db.execute("UPDATE messages SET status = ?, error = ?, updated_at = ? WHERE id = ?",
+                       (status, error, time.time(), part.id))
 
     # --- consent, usage, pacing ----------------------------------------------------
 
@@ -325,17 +446,6 @@ class Store:
             out.setdefault((channel_id, d), {})[name] = value
         return out
 
-    def used_today(self, channel_id: str, counter: str) -> int:
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        row = self._conn().execute("SELECT value FROM usage WHERE channel_id = ? AND day = ? AND counter = ?",
-                                   (channel_id, day, counter)).fetchone()
-        return row[0] if row else 0
-
-    def inbound_since(self, channel_id: str, peer: str, since: float) -> int:
-        return self._conn().execute(
-            "SELECT COUNT(*) FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
-            " AND created_at >= ?", (channel_id, peer, since)).fetchone()[0]
-
     def reserve_send_slot(self, address: str, units: int, per_second: float) -> float:
         """Book the next time ``address`` may send ``units``, across every process.
 
@@ -351,19 +461,35 @@ class Store:
 
     # --- delivery status -----------------------------------------------------------
 
-    def record_status(self, provider_id: str, status: str, error: str | None, rank: dict[str, int]) -> bool:
-        """Move an outbound message's status forward only (by ``rank``); keep the error.
+    def record_status(self, channel_id: str, provider_id: str, status: str, error: str | None,
+                      rank: dict[str, int]) -> bool:
+        """Move one of the channel's outbound messages forward by ``rank``; keep the error.
 
-        :return: False when the message is unknown or the status would go backwards.
+        ``read`` only follows ``delivered``. A report for a message whose id is not
+        recorded yet (it can outrun our commit) is kept and applied when it is.
+        :return: False when the report changes nothing.
         """
         with self._write() as db:
-            row = db.execute("SELECT id, status FROM messages WHERE direction = 'out' AND provider_id = ?",
-                             (provider_id,)).fetchone()
-            if row is None or rank.get(status, -1) <= rank.get(row[1], -1):
+            row = db.execute("SELECT id, status FROM messages WHERE direction = 'out' AND provider_id = ?"
+                             " AND channel_id = ?", (provider_id, channel_id)).fetchone()
+            if row is None:
+                old = db.execute("SELECT status FROM early_status WHERE provider_id = ?", (provider_id,)).fetchone()
+                if old is None or rank.get(status, -1) > rank.get(old[0], -1):
+                    db.execute("INSERT OR REPLACE INTO early_status VALUES (?, ?, ?, ?)",
+                               (provider_id, status, error, time.time()))
+                return False
+            current = row[1]
+            if rank.get(status, -1) <= rank.get(current, -1) or (status == "read" and current != "delivered"):
                 return False
             db.execute("UPDATE messages SET status = ?, error = COALESCE(?, error), updated_at = ?"
                        " WHERE id = ?", (status, error, time.time(), row[0]))
             return True
+
+    def defer_address(self, address: str, until: float) -> None:
+        """Nobody sends from ``address`` before ``until`` (the provider said Retry-After)."""
+        with self._write() as db:
+            db.execute("INSERT INTO pacing VALUES (?, ?) ON CONFLICT (address) DO UPDATE SET"
+                       " next_at = MAX(next_at, excluded.next_at)", (address, until))
 
     # --- reading -------------------------------------------------------------------
 
@@ -377,7 +503,7 @@ class Store:
         rows = self._conn().execute(
             "SELECT direction, text, peer, created_at FROM messages WHERE session_key = ?"
             " AND COALESCE(reply_to, id) < ?"
-            " AND (direction = 'in' OR status NOT IN ('failed', 'skipped', 'pending'))"
+            " AND (direction = 'in' OR status NOT IN ('failed', 'skipped', 'pending', 'in-flight'))"
             " ORDER BY COALESCE(reply_to, id) DESC, id DESC LIMIT ?",
             (session_key, current_id, limit)).fetchall()
         return [Turn("user" if d == "in" else "agent", t, p, at) for d, t, p, at in reversed(rows)]

@@ -1,4 +1,4 @@
-"""The SQLite store: de-duplication, the job queue's leases and order, history; on real files."""
+"""The SQLite store: de-duplication, fenced job leases and order, consent, budget, history; real files."""
 from __future__ import annotations
 
 import sqlite3
@@ -8,23 +8,37 @@ import time
 import pytest
 
 from sophon_core.models import DroppedAttachment, InboundMessage
-from sophon_core.store import Store
+from sophon_core.pipeline import STATUS_RANK
+from sophon_core.store import LeaseLost, Store
 
 
 def msg(mid, text="hi", sender="+1555", **kw):
     return InboundMessage("c1", mid, sender, "+1000", text, **kw)
 
 
+def send_all(store, job, texts, provider_ids):
+    for part, sid in zip(store.parts(job, texts, job.message.sender), provider_ids):
+        assert store.begin_part(job, part, 1, daily_budget=1000) == "ok"
+        store.part_sent(job, part, sid, "queued")
+
+
 def test_accept_stores_message_and_job_and_claim_round_trips_the_message(tmp_path):
     store = Store(tmp_path / "s.db")
     original = msg("m1", "hello", dropped_attachments=(DroppedAttachment("image/png"),),
                    metadata={"FromCity": "X"}, canned_reply=None)
-    row = store.accept_inbound(original, "s")
-    assert row is not None and store.accept_inbound(original, "s") is None
+    outcome, row = store.accept_inbound(original, "s")
+    assert outcome == "queued" and store.accept_inbound(original, "s") == ("duplicate", None)
     job = store.claim("w1", lease=30)
     assert job.message == original and job.inbound_id == row and job.attempts == 1
     assert store.claim("w2", lease=30) is None  # leased
     assert store.job_states() == {"running": 1}
+
+
+def test_rate_limit_is_decided_inside_the_accepting_transaction(tmp_path):
+    store = Store(tmp_path / "s.db")
+    got = [store.accept_inbound(msg(f"m{i}"), "s", max_per_hour=2)[0] for i in range(4)]
+    assert got == ["queued", "queued", "rate-limited", "rate-limited"]
+    assert store.job_states() == {"queued": 2}
 
 
 def test_history_is_in_conversation_order_even_when_replies_are_stored_late(tmp_path):
@@ -32,13 +46,11 @@ def test_history_is_in_conversation_order_even_when_replies_are_stored_late(tmp_
     for i in range(3):
         store.accept_inbound(msg(f"m{i}", f"q{i}"), "s")
     job0 = store.claim("w", 30)
-    store.set_part(store.parts(job0, ["a0"], "+1555")[0].id, "queued", provider_id="SM0")
-    store.complete(job0.id)
+    send_all(store, job0, ["a0"], ["SM0"])
+    store.complete(job0)
     job1 = store.claim("w", 30)
-    failed, retried = store.parts(job1, ["a1", "a1b"], "+1555")
-    store.set_part(failed.id, "failed", error="x")
-    store.skip_unsent(job1.id, "an earlier part failed")
-    store.fail(job1.id, "x")
+    store.parts(job1, ["a1", "a1b"], "+1555")
+    store.fail(job1, "x")  # its parts were never accepted: not part of the conversation
     job2 = store.claim("w", 30)
     got = [(t.role, t.text) for t in store.history("s", current_id=job2.inbound_id)]
     assert got == [("user", "q0"), ("agent", "a0"), ("user", "q1")]
@@ -55,33 +67,44 @@ def test_a_sessions_jobs_run_one_at_a_time_oldest_first(tmp_path):
     second = store.claim("w2", 30)
     assert (first.message.provider_message_id, second.message.provider_message_id) == ("a1", "b1")
     assert store.claim("w3", 30) is None  # a2 waits for a1
-    store.complete(first.id)
+    store.complete(first)
     assert store.claim("w3", 30).message.provider_message_id == "a2"
 
 
-def test_an_expired_lease_is_claimed_again_and_renewal_keeps_it(tmp_path):
+def test_an_expired_lease_is_claimed_again_and_the_old_runner_is_fenced_off(tmp_path):
     store = Store(tmp_path / "s.db")
     store.accept_inbound(msg("m1"), "s")
-    store.claim("dead-worker", lease=0.2)
+    stale = store.claim("dead-worker", lease=0.2)
     store.accept_inbound(msg("m2"), "t")
     live = store.claim("live-worker", lease=0.2)
     time.sleep(0.1)
-    assert store.renew("live-worker", lease=0.5) == 1
+    assert store.renew([live], lease=0.5) == []
     time.sleep(0.2)
     again = store.claim("other", lease=30)
     assert again.message.provider_message_id == "m1" and again.attempts == 2
     assert store.claim("other", lease=30) is None  # m2's lease was renewed
-    assert live.message.provider_message_id == "m2"
+    # the first runner wakes up: every change it tries is refused
+    (part,) = store.parts(again, ["reply"], "+1555")
+    for attempt in (lambda: store.begin_part(stale, part, 1, 100), lambda: store.complete(stale),
+                    lambda: store.retry_later(stale, time.time(), "x"), lambda: store.save_reply(stale, "r"),
+                    lambda: store.parts(stale, ["x"], "+1555")):
+        with pytest.raises(LeaseLost):
+            attempt()
+    assert store.renew([stale], lease=30) == [stale.id]
+    assert store.begin_part(again, part, 1, 100) == "ok"
 
 
-def test_retry_later_holds_the_job_until_due(tmp_path):
+def test_retry_later_holds_the_job_until_due_and_remembers_the_first_failure(tmp_path):
     store = Store(tmp_path / "s.db")
     store.accept_inbound(msg("m1"), "s")
     job = store.claim("w", 30)
-    store.retry_later(job.id, time.time() + 0.3, "429")
+    store.retry_later(job, time.time() + 0.3, "429")
     assert store.claim("w", 30) is None
     time.sleep(0.35)
-    assert store.claim("w", 30).attempts == 2
+    again = store.claim("w", 30)
+    assert again.attempts == 2 and again.first_failure_at is not None
+    store.retry_later(again, time.time(), "429")
+    assert store.claim("w", 30).first_failure_at == again.first_failure_at
 
 
 def test_parts_are_recorded_once_before_sending(tmp_path):
@@ -90,9 +113,48 @@ def test_parts_are_recorded_once_before_sending(tmp_path):
     job = store.claim("w", 30)
     parts = store.parts(job, ["p0", "p1"], "+1555")
     assert [(p.part_no, p.text, p.status) for p in parts] == [(0, "p0", "pending"), (1, "p1", "pending")]
-    store.set_part(parts[0].id, "queued", provider_id="SM1")
+    assert store.begin_part(job, parts[0], 2, 100) == "ok"
+    store.part_sent(job, parts[0], "SM1", "queued")
     again = store.parts(job, ["other", "texts"], "+1555")  # a rerun keeps what was recorded
     assert [(p.text, p.status, p.provider_id) for p in again] == [("p0", "queued", "SM1"), ("p1", "pending", None)]
+
+
+def test_budget_and_opt_out_are_checked_when_a_part_is_about_to_go(tmp_path):
+    store = Store(tmp_path / "s.db")
+    for i in range(3):
+        store.accept_inbound(msg(f"m{i}", sender=f"+1{i}"), f"s{i}")
+    jobs = [store.claim("w", 30) for _ in range(3)]
+    parts = [store.parts(j, ["x"], j.message.sender)[0] for j in jobs]
+    assert store.begin_part(jobs[0], parts[0], 3, daily_budget=5) == "ok"
+    assert store.begin_part(jobs[1], parts[1], 3, daily_budget=5) == "over_budget"
+    store.part_unsent(jobs[0], parts[0], 3, "503")  # not taken: the units come back
+    assert store.begin_part(jobs[1], parts[1], 3, daily_budget=5) == "ok"
+    store.record_consent(msg("stop", "STOP", sender="+12", intent="opt_out"), "s2")
+    assert store.begin_part(jobs[2], parts[2], 1, daily_budget=100) == "opted_out"
+
+
+def test_a_stop_is_applied_even_when_its_first_delivery_was_stored_without_it(tmp_path):
+    store = Store(tmp_path / "s.db")
+    stop = msg("SMstop", "stop", intent="opt_out")
+    assert store.record_consent(stop, "s") is True
+    store.set_opt_out("c1", "+1555", None)  # (simulate the opt-out write being lost)
+    assert store.record_consent(stop, "s") is False  # Twilio's retry: a duplicate...
+    assert store.opted_out("c1", "+1555")  # ...that still applies the opt-out
+
+
+def test_delivery_status_moves_forward_only_and_early_reports_are_kept(tmp_path):
+    store = Store(tmp_path / "s.db")
+    store.accept_inbound(msg("m1"), "s")
+    job = store.claim("w", 30)
+    (part,) = store.parts(job, ["x"], "+1555")
+    store.begin_part(job, part, 1, 100)
+    assert store.record_status("c1", "SMx", "failed", "Twilio 30006", STATUS_RANK) is False  # before its Sid
+    store.part_sent(job, part, "SMx", "queued")
+    row = store.recent(1)[0]
+    assert (row["status"], row["error"]) == ("failed", "Twilio 30006")
+    assert store.record_status("c1", "SMx", "read", None, STATUS_RANK) is False  # read only after delivered
+    assert store.record_status("c1", "SMx", "sent", None, STATUS_RANK) is False
+    assert store.record_status("other-channel", "SMx", "delivered", None, STATUS_RANK) is False
 
 
 def test_concurrent_claims_from_many_processes_never_share_a_job(tmp_path):
@@ -108,7 +170,7 @@ def test_concurrent_claims_from_many_processes_never_share_a_job(tmp_path):
         while (job := stores[n % 4].claim(f"w{n}", 30)) is not None:
             with lock:
                 claimed.append(job.id)
-            stores[n % 4].complete(job.id)
+            stores[n % 4].complete(job)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for t in threads:
@@ -126,14 +188,14 @@ def test_inbound_is_stored_once_per_provider_id_even_from_many_threads(tmp_path)
 
     def deliver(i):
         barrier.wait()
-        results.append(stores[i % 4].accept_inbound(msg("SMdup"), "s"))
+        results.append(stores[i % 4].accept_inbound(msg("SMdup"), "s")[0])
 
     threads = [threading.Thread(target=deliver, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sum(r is not None for r in results) == 1
+    assert sorted(results) == ["duplicate"] * 7 + ["queued"]
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (1,)
         assert db.execute("SELECT COUNT(*) FROM jobs").fetchone() == (1,)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
+from email.utils import parsedate_to_datetime
 from typing import Mapping
 
 from twilio.http.http_client import TwilioHttpClient
@@ -27,22 +29,29 @@ class _HttpClient(TwilioHttpClient):
     def request(self, method, url, *args, **kwargs):
         if url.startswith(TWILIO_API) and self.base_url != TWILIO_API:
             url = self.base_url + url[len(TWILIO_API):]
-        self._local.headers = {}
+        self._local.headers = None
         response = super().request(method, url, *args, **kwargs)
-        self._local.headers = dict(response.headers or {})
+        self._local.headers = response.headers  # requests' case-insensitive mapping
         return response
 
-    def last_headers(self) -> dict:
-        return getattr(self._local, "headers", {})
+    def last_header(self, name: str) -> str | None:
+        headers = getattr(self._local, "headers", None)
+        return headers.get(name) if headers is not None else None
 
 
 def retry_after(client: Client) -> float | None:
-    """Seconds from the Retry-After header of this thread's last response, if any."""
+    """Seconds from the Retry-After header (seconds or an HTTP date) of this thread's last response."""
     http = client.http_client
-    raw = http.last_headers().get("Retry-After") if isinstance(http, _HttpClient) else None
+    raw = http.last_header("Retry-After") if isinstance(http, _HttpClient) else None
+    if raw is None:
+        return None
     try:
-        return max(0.0, float(raw)) if raw is not None else None
+        return max(0.0, float(raw))
     except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
         return None
 
 

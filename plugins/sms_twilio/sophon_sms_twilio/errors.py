@@ -15,6 +15,8 @@ TRIAL_ONLY_VERIFIED = ("Trial account limitation: trial accounts can only send S
 
 # Codes after which retrying the same message cannot succeed.
 _PERMANENT = {20003, 20404, 21211, 21212, 21602, 21603, 21604, 21606, 21608, 21610, 21614, 21617}
+# Twilio's "try later" codes: rate limits and full queues.
+_TRANSIENT = {20429, 30001, 21611}
 
 
 def send_error(exc: TwilioRestException, *, to: str, from_: str,
@@ -35,13 +37,13 @@ def send_error(exc: TwilioRestException, *, to: str, from_: str,
     elif code in (21606, 21212):
         text = (f"{from_} is not an SMS-capable number of this Twilio account (Twilio {code}): "
                 "check phoneNumber in channels.json.")
-    elif code in (30001, 20429) or status == 429:
+    elif code in _TRANSIENT or status == 429:
         text = QUEUE_OVERFLOW
     elif status >= 500:
         text = f"Twilio answered HTTP {status} (error {code}), a temporary failure."
     else:
         text = (f"Twilio refused the message: {exc.msg} (error {code}, "
                 f"https://www.twilio.com/docs/errors/{code}).")
-    permanent = code in _PERMANENT or (400 <= status < 500 and status != 429 and code not in (20429, 30001))
+    permanent = code in _PERMANENT or (400 <= status < 500 and status not in (408, 429) and code not in _TRANSIENT)
     return SendError(text, code=code, permanent=permanent, retry_after=retry_after,
                      recipient_opted_out=code == 21610)

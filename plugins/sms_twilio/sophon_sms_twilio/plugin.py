@@ -80,8 +80,10 @@ class SmsTwilioPlugin:
             raise send_error(exc, to=message.recipient, from_=cfg["phoneNumber"],
                              retry_after=retry_after(client)) from None
         except (requests.RequestException, TwilioException, OSError) as exc:
+            # A read timeout may come after Twilio took the message: a retry may duplicate it.
+            ambiguous = isinstance(exc, requests.ReadTimeout)
             raise SendError(f"Cannot reach Twilio at {api_base(settings.env)} ({type(exc).__name__}), "
-                            "a temporary failure.") from None
+                            "a temporary failure.", ambiguous=ambiguous) from None
         return SentPart(created.sid, message.text, created.status or "queued")
 
 

@@ -196,14 +196,14 @@ class StatusCallback:
         signature = req.get_header("X-Twilio-Signature")
         if not signature:
             raise WebhookRejected(403, BAD_SIGNATURE, "status callback without X-Twilio-Signature")
-        _verify(req, form, signature, candidates, settings)
+        channel = _verify(req, form, signature, candidates, settings)
         sid, status = form.first("MessageSid"), form.first("MessageStatus")
         if not sid or not status:
             raise WebhookRejected(400, "missing required field(s): "
                                   + ", ".join(n for n, v in (("MessageSid", sid), ("MessageStatus", status)) if not v))
         code = form.first("ErrorCode")
         error = f"Twilio {code}: {DELIVERY_ERRORS.get(code, 'delivery failed')}" if code else None
-        if not record_delivery_status(runtime, sid, status.lower(), error):
+        if not record_delivery_status(runtime, channel.id, sid, status.lower(), error):
             log.info("status %s for %s ignored (unknown message, or older than what we know)", status, sid)
         resp.status = 200
         resp.content_type = "text/xml"

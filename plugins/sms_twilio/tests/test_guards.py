@@ -84,7 +84,7 @@ def test_after_stop_nothing_is_sent_until_start(app, account, sandbox):
     settle(rt)
     assert agent.calls == [] and sandbox.messages() == []
     skipped = [m for m in rt.store.recent() if m["direction"] == "out"]
-    assert [(m["status"], m["error"]) for m in skipped] == [("skipped", "recipient opted out; agent not asked")]
+    assert [(m["status"], m["error"]) for m in skipped] == [("skipped", "recipient opted out")]
     text(client, account, "START")
     settle(rt)
     assert sandbox.messages() == []  # Twilio answers START itself
@@ -209,3 +209,56 @@ def test_status_callback_bad_input(app, account, sandbox):
     assert r.status_code == 400 and "MessageStatus" in r.text
     r = post_signed(client, account.auth_token, missing, url=PUBLIC + STATUS, path=STATUS, signature="")
     assert r.status_code == 403
+
+
+def test_a_stop_during_the_pacing_wait_stops_the_send(app, account, sandbox):
+    rt, client, agent = app({"limits": {"sendRate": 1}})
+    text(client, account, "first", sender="+15550000101")
+    text(client, account, "second", sender="+15550000102")
+    (m,) = sandbox.wait_for_messages(1, timeout=10)
+    waiting = "+15550000102" if m["form"]["To"] == "+15550000101" else "+15550000101"
+    text(client, account, "STOP", sender=waiting)  # while its reply waits for the next 1 s slot
+    settle(rt)
+    time.sleep(0.5)
+    assert [x["form"]["To"] for x in sandbox.messages()] == [m["form"]["To"]]
+    assert today(rt)["skipped_opted_out"] == 1
+
+
+class TwoParts:
+    @hookimpl
+    def sophon_agents(self):
+        class A:
+            id = "two-parts"
+
+            def reply(self, message, history):
+                return "First part. " + "a " * 700 + "\n\nSecond part. " + "b " * 300
+
+        return [A()]
+
+
+def test_a_stop_between_the_parts_of_a_reply_skips_the_rest(sms_runtime, account, sandbox):
+    sandbox.inject(path_suffix="/Messages.json", status=None, delay=0)       # part 1 goes
+    sandbox.inject(path_suffix="/Messages.json", status=429, code=20429, retry_after=1)  # part 2: wait
+    rt = sms_runtime([sms_channel(account, routing={"agentId": "two-parts", "dmBehavior": "per-peer"})],
+                     extra=[TwoParts()], SOPHON_RETRY_BASE="0.05")
+    client = falcon.testing.TestClient(create_app(rt))
+    text(client, account, "tell me")
+    sandbox.wait_for_messages(1, to=PEER)
+    text(client, account, "STOP")
+    settle(rt, timeout=15)
+    assert [m["form"]["Body"][:11] for m in sandbox.messages()] == ["First part."]
+    parts = [m for m in reversed(rt.store.recent()) if m["direction"] == "out"]
+    assert [(p["status"], p["error"]) for p in parts] == [("queued", None), ("skipped", "recipient opted out")]
+    assert rt.store.job_states() == {"done": 1}
+
+
+def test_retry_after_holds_back_every_reply_from_that_number(app, account, sandbox):
+    sandbox.inject(path_suffix="/Messages.json", status=429, code=20429, retry_after=1)
+    rt, client, agent = app()
+    text(client, account, "one", sender="+15550000201")
+    time.sleep(0.3)  # the 429 has been answered by now
+    text(client, account, "two", sender="+15550000202")
+    sandbox.wait_for_messages(2, timeout=15)
+    posts = [r for r in sandbox.requests() if r["path"].endswith("/Messages.json")]
+    assert len(posts) == 3
+    assert all(p["received_at"] - posts[0]["received_at"] >= 1.0 for p in posts[1:])
