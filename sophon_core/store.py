@@ -498,12 +498,14 @@ class Store:
 
         Conversation order, not insertion order: a reply sits right after the
         message it answers, even when later messages were stored before it.
-        Parts that failed or were never sent are not part of the conversation.
+        Parts that failed or were never sent, consent keywords and rate-limited
+        messages are not part of the conversation.
         """
         rows = self._conn().execute(
             "SELECT direction, text, peer, created_at FROM messages WHERE session_key = ?"
             " AND COALESCE(reply_to, id) < ?"
-            " AND (direction = 'in' OR status NOT IN ('failed', 'skipped', 'pending', 'in-flight'))"
+            " AND ((direction = 'in' AND status = 'received')"  # not STOP/START/HELP, not rate-limited
+            "      OR (direction = 'out' AND status NOT IN ('failed', 'skipped', 'pending', 'in-flight')))"
             " ORDER BY COALESCE(reply_to, id) DESC, id DESC LIMIT ?",
             (session_key, current_id, limit)).fetchall()
         return [Turn("user" if d == "in" else "agent", t, p, at) for d, t, p, at in reversed(rows)]

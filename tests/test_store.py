@@ -205,3 +205,15 @@ def test_inbound_is_stored_once_per_provider_id_even_from_many_threads(tmp_path)
 def test_synchronous_mode_is_checked(tmp_path):
     with pytest.raises(ValueError, match="FULL or NORMAL"):
         Store(tmp_path / "s.db", "OFF")
+
+
+def test_consent_keywords_and_rate_limited_messages_are_not_history(tmp_path):
+    store = Store(tmp_path / "s.db")
+    store.record_consent(msg("k1", "START", intent="opt_in"), "s")
+    store.accept_inbound(msg("m1", "real"), "s", max_per_hour=5)
+    store.accept_inbound(msg("m2", "again"), "s", max_per_hour=1)  # rate-limited
+    store.accept_inbound(msg("m3", "now"), "s")
+    first = store.claim("w", 30)
+    store.complete(first)
+    last = store.claim("w", 30)
+    assert [t.text for t in store.history("s", current_id=last.inbound_id)] == ["real"]

@@ -80,6 +80,14 @@ def simulate(text: str, from_: str | None, to: str | None, sandbox_url: str, tim
         click.echo(f"error: Sophon answered the webhook with HTTP {sent.get('status')}: "
                    f"{(sent.get('body') or '').strip()}", err=True)
         sys.exit(1)
+    from .webhook import intent_of
+
+    intent = intent_of(text)
+    if intent != "message":
+        what = {"opt_out": "opted out: Sophon sends this number nothing until it texts START",
+                "opt_in": "opted back in", "help": "HELP is answered by Twilio, not the agent"}[intent]
+        click.echo(f"(no reply expected: {what})")
+        return
     deadline = time.monotonic() + timeout
     quiet_until = None  # a long reply comes in several messages: print until 1.5 s of quiet
     while time.monotonic() < deadline and (quiet_until is None or time.monotonic() < quiet_until):
@@ -91,5 +99,6 @@ def simulate(text: str, from_: str | None, to: str | None, sandbox_url: str, tim
             quiet_until = time.monotonic() + 1.5
         time.sleep(0.2)
     if quiet_until is None:
-        click.echo(f"error: no reply within {timeout:.0f} s; see the server's log", err=True)
+        click.echo(f"error: no reply within {timeout:.0f} s (has {from_} opted out with STOP? "
+                   "see `sophon messages` and the server's log)", err=True)
         sys.exit(1)

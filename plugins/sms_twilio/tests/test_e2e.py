@@ -75,6 +75,13 @@ def test_readme_quick_start_demo_and_simulate(tmp_path):
             time.sleep(0.5)
         assert out.returncode == 0, (out.stdout, out.stderr, (tmp_path / "demo.log").read_text())
         assert 'You said: "hello"' in out.stdout
+        box_url = ["--sandbox-url", f"http://127.0.0.1:{box}"]
+        stop = subprocess.run([*SOPHON, "sms", "simulate", "STOP", *box_url], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert stop.returncode == 0 and "(no reply expected: opted out" in stop.stdout
+        after = subprocess.run([*SOPHON, "sms", "simulate", "anyone?", *box_url, "--timeout", "2"], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert after.returncode == 1 and "opted out with STOP?" in after.stderr
     finally:
         demo.send_signal(signal.SIGTERM)
         demo.wait(timeout=40)
