@@ -67,7 +67,8 @@ class Pipeline:
 
     # --- in the webhook request ----------------------------------------------------
 
-    def accept(self, channel_type: str, messages: Sequence[InboundMessage]) -> int:
+    def accept(self, channel_type: str, messages: Sequence[InboundMessage],
+               delivery_key: str | None = None) -> int:
         """Store each message with its job (duplicates by provider id are dropped).
 
         Before a job is made: senders an allowlist channel does not admit are
@@ -76,6 +77,8 @@ class Pipeline:
         hourly limit is recorded and not answered (``rate_limited`` counter).
         Messages naming a channel that is unknown, disabled or of another type
         are dropped with an error log: a plugin must never route around activation.
+        ``delivery_key`` (the provider's idempotency key of this webhook delivery) is
+        recorded in the same transaction as the message it brought.
         :return: how many messages were queued for an answer.
         """
         store = self.runtime.store
@@ -98,7 +101,8 @@ class Pipeline:
                     log.info("%s opted %s on %s", msg.sender, "out" if msg.intent == "opt_out" else "back in",
                              channel.id)
                 continue
-            outcome, _ = store.accept_inbound(msg, key, channel.limits.inbound_per_sender_per_hour)
+            outcome, _ = store.accept_inbound(msg, key, channel.limits.inbound_per_sender_per_hour,
+                                              delivery_key=delivery_key)
             if outcome == "duplicate":
                 log.info("duplicate delivery of %s on %s ignored", msg.provider_message_id, channel.id)
             elif outcome == "rate-limited":

@@ -32,9 +32,7 @@ class WebhookResource:
         if key and self.runtime.store.seen_delivery(key):
             log.info("webhook delivery %s was processed before; not accepted again", key)
         else:
-            self.runtime.pipeline.accept(self.type.name, reply.messages)
-            if key:  # after the messages are stored: a crash in between only repeats the dedupe
-                self.runtime.store.record_delivery(key)
+            self.runtime.pipeline.accept(self.type.name, reply.messages, delivery_key=key)
         resp.status = reply.status
         resp.content_type = reply.content_type
         resp.text = reply.body

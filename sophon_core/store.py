@@ -170,13 +170,14 @@ class Store:
 
     # --- inbound -------------------------------------------------------------------
 
-    def accept_inbound(self, msg: InboundMessage, session_key: str,
-                       max_per_hour: int | None = None) -> tuple[str, int | None]:
+    def accept_inbound(self, msg: InboundMessage, session_key: str, max_per_hour: int | None = None,
+                       delivery_key: str | None = None) -> tuple[str, int | None]:
         """Store an inbound message once per (channel, provider message id), with its job
         and today's usage, in one transaction.
 
         :param max_per_hour: when the sender already sent this many messages to the
             channel in the last hour, the message is stored as ``rate-limited``, no job.
+        :param delivery_key: the webhook delivery's idempotency key, remembered with it.
         :return: ``("queued", row)``, ``("rate-limited", row)`` or ``("duplicate", None)``.
         """
         now = time.time()
@@ -185,6 +186,8 @@ class Store:
                 "SELECT COUNT(*) FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
                 " AND created_at >= ?", (msg.channel_id, msg.sender, now - 3600)).fetchone()[0] >= max_per_hour
             row = self._insert_inbound(db, msg, session_key, "rate-limited" if limited else "received")
+            if delivery_key:
+                db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?)", (delivery_key, now))
             if row is None:
                 return "duplicate", None
             counters = {"messages_in": 1, "units_in": msg.units}
@@ -431,10 +434,6 @@ class Store:
     def seen_delivery(self, key: str) -> bool:
         """True if a webhook delivery with this idempotency key was processed before."""
         return self._conn().execute("SELECT 1 FROM deliveries WHERE key = ?", (key,)).fetchone() is not None
-
-    def record_delivery(self, key: str) -> None:
-        with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?)", (key, time.time()))
 
     def usage(self, day: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
         """``{(channel_id, day): {counter: value}}``, for one day or all."""
