@@ -146,14 +146,6 @@ class Pipeline:
                 if t is not threading.current_thread():
                     t.join(max(0.0, deadline - time.monotonic()))
 
-    def run_pending(self) -> int:
-        """Process every job that is due now, in this thread (for tools and tests)."""
-        done = 0
-        while (job := self.runtime.store.claim(self.owner, self.runtime.settings.job_lease)) is not None:
-            self._work(job)
-            done += 1
-        return done
-
     def _run(self) -> None:
         store, lease = self.runtime.store, self.runtime.settings.job_lease
         while not self._stop.is_set():
