@@ -47,12 +47,14 @@ def create_app(runtime: Runtime | None = None) -> falcon.App:
 
 
 class RuntimeContext:
-    """Falcon middleware: plugin resources find the runtime in ``req.context.runtime``."""
+    """Falcon middleware: keeps the config fresh (``channels.json`` edits apply within
+    about a second) and gives plugin resources the runtime in ``req.context.runtime``."""
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.runtime.reload_if_changed()
         req.context.runtime = self.runtime
 
 

@@ -113,6 +113,52 @@ def channels_test(channel_id: str) -> None:
     sys.exit(0 if result.ok else 1)
 
 
+def _edit(channel_id: str, change, done: str) -> None:
+    """Change one channel through the locked, validated, atomic writer."""
+    from . import channels_file
+
+    settings, pm, types, _ = load_or_exit(None)
+
+    def apply(data):
+        change(channels_file.find(data, channel_id), data)
+
+    try:
+        channels_file.edit(settings.channels_path, apply, pm=pm, types=types, agents=agents(pm),
+                           settings=settings)
+    except KeyError as exc:
+        click.echo(f"error: {exc.args[0]} in {settings.channels_path}", err=True)
+        sys.exit(1)
+    except ConfigError as exc:
+        click.echo(f"error: not changed: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{channel_id}: {done} (running servers pick this up within about a second)")
+
+
+@channels.command("activate")
+@click.argument("channel_id")
+def channels_activate(channel_id: str) -> None:
+    """Set "enabled": true: the channel's webhook answers."""
+    _edit(channel_id, lambda ch, data: ch.__setitem__("enabled", True), "activated")
+
+
+@channels.command("deactivate")
+@click.argument("channel_id")
+def channels_deactivate(channel_id: str) -> None:
+    """Set "enabled": false: the channel's webhook answers 404 and nothing is sent."""
+    _edit(channel_id, lambda ch, data: ch.__setitem__("enabled", False), "deactivated")
+
+
+@channels.command("remove")
+@click.argument("channel_id")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def channels_remove(channel_id: str, yes: bool) -> None:
+    """Delete a channel from channels.json."""
+    if not yes and not click.confirm(f"Remove channel {channel_id!r}?", default=False):
+        click.echo("not removed")
+        sys.exit(1)
+    _edit(channel_id, lambda ch, data: data["channels"].remove(ch), "removed")
+
+
 def _store(settings: Settings):
     from .store import Store
 

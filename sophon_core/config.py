@@ -68,7 +68,7 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
     plugins' ``validate_config``, duplicates and (when ``agents`` is given)
     unknown ``routing.agentId`` values. No message shows a secret's value.
     """
-    data = _normalize(data)
+    data = normalize(data)
     problems: list[Problem] = []
     raw_channels = data.get("channels") if isinstance(data, dict) else None
     raw_channels = raw_channels if isinstance(raw_channels, list) else []
@@ -170,7 +170,8 @@ def _scrub(problems: list[Problem], data: Any, types: Mapping[str, ChannelType])
     return out
 
 
-def _normalize(data: Any) -> Any:
+def normalize(data: Any) -> Any:
+    """The canonical ``{"channels": [...]}`` form of a bare list or a single channel."""
     if isinstance(data, list):
         return {"channels": data}
     if isinstance(data, dict) and "channels" not in data and "type" in data and "id" in data:

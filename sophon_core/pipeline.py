@@ -150,6 +150,7 @@ class Pipeline:
         store, lease = self.runtime.store, self.runtime.settings.job_lease
         while not self._stop.is_set():
             try:
+                self.runtime.reload_if_changed()
                 job = store.claim(self.owner, lease)
                 if job is None:
                     with self._wake:

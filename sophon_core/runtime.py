@@ -1,7 +1,11 @@
 """Everything a running Sophon process holds: plugins, config, agents, store, pipeline."""
 from __future__ import annotations
 
+import logging
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import pluggy
@@ -13,6 +17,18 @@ from .plugins import channel_types, get_plugin_manager
 from .settings import Settings
 from .store import Store
 from .pipeline import Pipeline
+from .errors import ConfigError
+
+log = logging.getLogger("sophon.config")
+RELOAD_EVERY = 1.0  # seconds between checks of channels.json
+
+
+def _signature(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 @dataclass
@@ -24,6 +40,8 @@ class Runtime:
     agents: Mapping[str, object]
     store: Store
     pipeline: Pipeline | None = field(default=None)
+    _file_seen: tuple | None = field(default=None, repr=False)
+    _checked_at: float = field(default=0.0, repr=False)
 
     @classmethod
     def build(cls, settings: Settings | None = None, *, extra_plugins: Iterable[object] = (),
@@ -40,7 +58,34 @@ class Runtime:
         cfg = config_mod.load_file(settings.channels_path, types, pm, settings, agents=known)
         rt = cls(settings, pm, types, cfg, known, Store(settings.data_dir / "sophon.db", settings.sqlite_synchronous))
         rt.pipeline = Pipeline(rt)
+        rt._file_seen = _signature(settings.channels_path)
         return rt
+
+    def reload_if_changed(self, every: float = RELOAD_EVERY) -> bool:
+        """Pick up a changed ``channels.json`` (checked at most every ``every`` seconds).
+
+        An invalid file is logged and ignored: the last good config keeps serving.
+        :return: True when a new config was loaded.
+        """
+        now = time.monotonic()
+        if now - self._checked_at < every:
+            return False
+        self._checked_at = now
+        seen = _signature(self.settings.channels_path)
+        if seen == self._file_seen:
+            return False
+        self._file_seen = seen
+        try:
+            cfg = config_mod.load_file(self.settings.channels_path, self.types, self.pm, self.settings,
+                                       agents=self.agents)
+        except ConfigError as exc:
+            log.error("%s changed but is not valid; still serving the last good configuration.\n%s",
+                      self.settings.channels_path, exc)
+            return False
+        self.config = cfg
+        log.info("reloaded %s: active channels: %s", cfg.source,
+                 ", ".join(c.id for c in cfg.channels if c.enabled) or "none")
+        return True
 
     def close(self) -> None:
         if self.pipeline is not None:

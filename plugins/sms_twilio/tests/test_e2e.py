@@ -187,3 +187,34 @@ def test_concurrent_duplicate_webhooks_to_two_workers_are_answered_once(sandbox,
     assert statuses == [200] * 30
     said = sorted(m["form"]["Body"].split('You said: "')[1].split('"')[0] for m in sandbox.messages(to=PEER))
     assert said == [f"dup {i}" for i in range(5)]  # each answered exactly once
+
+
+def test_cli_deactivate_and_activate_reach_every_gunicorn_worker(sandbox, account, sms_env, tmp_path):
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    sandbox.add_number(account.sid, "+15005550030", sms_url=public + WEBHOOK)
+    env = sms_env([sms_channel(account, number="+15005550030")], SOPHON_PUBLIC_URL=public)
+    cli_env = {**os.environ, **env}
+
+    def statuses(n=6):  # several requests, so both workers answer some
+        return {sandbox.send_inbound(from_=PEER, to="+15005550030", body="hi")[0] for _ in range(n)}
+
+    def settle(expected, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = statuses()
+            if got == {expected}:
+                return time.monotonic()
+            time.sleep(0.2)
+        raise AssertionError(f"webhook still answers {got}, expected {expected}")
+
+    with gunicorn(env, port=port, workers=2, log=tmp_path / "g.log"):
+        assert statuses() == {200}
+        out = subprocess.run([*SOPHON, "channels", "deactivate", "sms-twilio"], env=cli_env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        started = time.monotonic()
+        assert settle(404) - started < 3.0
+        subprocess.run([*SOPHON, "channels", "activate", "sms-twilio"], env=cli_env, check=True,
+                       capture_output=True, timeout=60)
+        settle(200)
