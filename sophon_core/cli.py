@@ -159,6 +159,26 @@ def channels_remove(channel_id: str, yes: bool) -> None:
     _edit(channel_id, lambda ch, data: data["channels"].remove(ch), "removed")
 
 
+@cli.command()
+@click.option("--write", "target", type=click.Path(dir_okay=False), default=None,
+              help="write it to this file instead of printing it")
+def schema(target: str | None) -> None:
+    """The JSON Schema of channels.json for the installed channel types (for editors)."""
+    try:
+        types = channel_types(get_plugin_manager())
+    except SophonError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    text = json.dumps(config_mod.combined_schema(types), indent=2, ensure_ascii=False) + "\n"
+    if target is None:
+        click.echo(text, nl=False)
+        return
+    from .channels_file import write_atomic
+
+    write_atomic(Path(target), text)
+    click.echo(f"wrote {target} ({', '.join(sorted(types)) or 'no'} channel types)")
+
+
 def _store(settings: Settings):
     from .store import Store
 

@@ -142,6 +142,24 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
     return ChannelsConfig(source, tuple(channels), tuple(p for p in problems if p.level != "error"))
 
 
+def combined_schema(types: Mapping[str, ChannelType]) -> dict:
+    """The envelope schema with each installed type's config schema wired in, for
+    editors (``"$schema"`` in channels.json): validation and completion of ``config``."""
+    import copy
+
+    schema = copy.deepcopy(_ENVELOPE)
+    schema["$id"] = "https://sophon.dev/schemas/channels.schema.json"
+    channel = schema["$defs"]["channel"]
+    channel["properties"]["type"]["enum"] = sorted(types)
+    rules = []
+    for name in sorted(types):
+        sub = {k: v for k, v in types[name].config_schema.items() if k not in ("$schema", "$id")}
+        rules.append({"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+                      "then": {"properties": {"config": sub}}})
+    channel["allOf"] = rules
+    return schema
+
+
 def _address(config: Mapping[str, Any], ct: ChannelType) -> str | None:
     value = config.get(ct.address_field) if ct.address_field else None
     return value if isinstance(value, str) else None
