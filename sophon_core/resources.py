@@ -69,14 +69,24 @@ def _read_upto(stream, n: int) -> bytes:
 
 
 class HealthResource:
+    """``GET /healthz``: the process is up, the store answers, a config is loaded (503 if not)."""
+
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            jobs = self.runtime.store.job_states()
+            store_ok = True
+        except Exception as exc:  # the SQLite file is unreadable, locked for too long, ...
+            log.error("health check: the store does not answer: %s", exc)
+            jobs, store_ok = {}, False
+        resp.status = 200 if store_ok else 503
         resp.media = {
-            "status": "ok",
+            "status": "ok" if store_ok else "store unavailable",
             "channel_types": sorted(self.runtime.types),
             "active_channels": [c.id for c in self.runtime.config.channels if c.enabled],
+            "jobs_waiting": jobs.get("queued", 0) + jobs.get("running", 0),
         }
 
 

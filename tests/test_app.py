@@ -238,5 +238,10 @@ def test_secrets_are_redacted_from_logs(make_runtime, sent):
 
 def test_healthz(make_runtime):
     rt = make_runtime([dummy_channel(), dummy_channel("off", "dummy:off", enabled=False)])
-    r = falcon.testing.TestClient(create_app(rt)).simulate_get("/healthz")
-    assert r.json == {"status": "ok", "channel_types": ["dummy"], "active_channels": ["d1"]}
+    client = falcon.testing.TestClient(create_app(rt))
+    r = client.simulate_get("/healthz")
+    assert r.json == {"status": "ok", "channel_types": ["dummy"], "active_channels": ["d1"], "jobs_waiting": 0}
+    rt.store.path = rt.store.path.parent  # a directory: no connection can open it
+    rt.store._local = type(rt.store._local)()
+    r = client.simulate_get("/healthz")
+    assert (r.status_code, r.json["status"]) == (503, "store unavailable")
