@@ -11,7 +11,10 @@ import logging
 
 import falcon
 
-from . import logs
+from . import admin, admin_api, logs
+from .dashboard import DashboardPage, DashboardStatic
+from .metrics import MetricsResource
+from .openapi import OpenApiResource
 from .resources import HealthResource, WebhookResource, handle_rejection
 from .errors import WebhookRejected
 from .plugins import PluginError
@@ -26,12 +29,22 @@ def create_app(runtime: Runtime | None = None) -> falcon.App:
     :raises ConfigError: ``channels.json`` is invalid; the server must not start.
     """
     runtime = runtime or Runtime.build()
-    logs.configure(lambda: secrets_of(runtime))
-    app = falcon.App(middleware=[RuntimeContext(runtime)])
+    token, made = admin.ensure_token(runtime.settings)
+    logs.configure(lambda: [token, *secrets_of(runtime)])
+    if made:
+        log.warning("created the admin token in %s (mode 0600); `sophon admin-token` prints it",
+                    admin.token_file(runtime.settings))
+    app = falcon.App(middleware=[RuntimeContext(runtime), admin.AdminGuard(token)])
     app.req_options.auto_parse_form_urlencoded = False
     app.add_error_handler(WebhookRejected, handle_rejection)
-    routes: dict[str, str] = {"/healthz": "the core"}
-    app.add_route("/healthz", HealthResource(runtime))
+    routes: dict[str, str] = {}
+    core = "the core"
+    mount(app, routes, "/healthz", HealthResource(runtime), core)
+    mount(app, routes, "/metrics", MetricsResource(), core)
+    mount(app, routes, "/api/openapi.json", OpenApiResource(), core)
+    mount(app, routes, "/dashboard", DashboardPage(), core)
+    mount(app, routes, "/dashboard/static/{name}", DashboardStatic(), core)
+    admin_api.install(app, runtime, lambda path, resource: mount(app, routes, path, resource, core))
     for ct in runtime.types.values():
         mount(app, routes, ct.webhook_path, WebhookResource(runtime, ct), f"channel type {ct.name!r}")
     for ct in runtime.types.values():

@@ -3,8 +3,8 @@
 Every writer (the CLI now; the dashboard and admin API later) goes through
 ``edit``: it takes an exclusive lock (a ``.lock`` file beside the channels
 file, shared by every process), reads the current file, applies a change,
-validates the result exactly as start-up does, and replaces the file in one
-``rename``. An invalid result changes nothing. Readers never see a half-written
+validates the result exactly as start-up does, encrypts any secret still in
+plain text (see ``secrets``), and replaces the file in one ``rename``. An invalid result changes nothing. Readers never see a half-written
 file.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import pluggy
 
 from . import config as config_mod
+from . import secrets
 from .errors import ConfigError, Problem
 from .models import ChannelType
 from .settings import Settings
@@ -53,6 +54,7 @@ def edit(path: Path, change: Callable[[dict], Any], *, pm: pluggy.PluginManager,
                 "(file)", f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}")]) from None
         data = config_mod.normalize(data)
         change(data)
+        secrets.encrypt_plaintext(data, secret_fields(types), settings)
         cfg = config_mod.validate_data(data, types, pm, settings, source=str(path), agents=agents)
         write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         return cfg
@@ -86,3 +88,51 @@ def find(data: dict, channel_id: str) -> dict:
             return item
     have = ", ".join(str(i.get("id")) for i in data.get("channels", []) if isinstance(i, dict)) or "none"
     raise KeyError(f"no channel {channel_id!r} (have: {have})")
+
+
+def secret_fields(types: Mapping[str, ChannelType]) -> dict[str, frozenset[str]]:
+    return {name: ct.secret_fields for name, ct in types.items()}
+
+
+def rotate_key(path: Path, *, pm: pluggy.PluginManager, types: Mapping[str, ChannelType],
+               agents: Iterable[str], settings: Settings) -> tuple[int, str]:
+    """Re-encrypt every secret under a new key. :return: (secrets re-encrypted, key source).
+
+    With the key file: a new key is put first in the file (the old one kept, so
+    every process can still read the file at each step), the channels file is
+    re-encrypted, then the old key is dropped. With ``SOPHON_SECRET_KEY``: the
+    secrets are re-encrypted under its first key; the caller must have put the
+    new key first and may drop the old ones afterwards.
+
+    :raises SecretKeyError: no key, or a secret no key decrypts (nothing changed).
+    """
+    path = Path(path)
+    with locked(path):
+        old = secrets.Keyring.load(settings)
+        from_env = bool((settings.env.get(secrets.ENV) or "").strip())
+        if from_env:
+            if old is None or len(old.keys) < 2:
+                raise secrets.SecretKeyError(
+                    f"{secrets.ENV} holds one key. Put a new key first and keep the old one after a comma "
+                    f"({secrets.ENV}=NEW,OLD; make one with `sophon channels rotate-key --print-new-key`), "
+                    "run this again, then drop OLD")
+            new, key_path = secrets.Keyring(old.keys[:1], secrets.ENV), None
+        else:
+            key_path = secrets.key_file(settings)
+            fresh = secrets.new_key()
+            new = secrets.Keyring([fresh], str(key_path))
+            secrets.write_key_file(key_path, [fresh] + (old.keys if old else []))
+        data = config_mod.normalize(json.loads(path.read_text(encoding="utf-8")))
+        both = secrets.Keyring((old.keys if old else []) + new.keys, "the old and new keys")
+        try:
+            count = secrets.reencrypt(data, secret_fields(types), both, new)
+        except secrets.InvalidToken:
+            if key_path is not None and old is not None:
+                secrets.write_key_file(key_path, old.keys)
+            raise secrets.SecretKeyError(f"a secret in {path} cannot be decrypted with the key from "
+                                         f"{old.source if old else 'nowhere'}; nothing was changed") from None
+        config_mod.validate_data(data, types, pm, settings, source=str(path), agents=agents)
+        write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        if key_path is not None:
+            secrets.write_key_file(key_path, [new.keys[0]])
+        return count, new.source

@@ -20,7 +20,19 @@ def cli() -> None:
     """Sophon channels: put your bot on SMS (and more) through plugins."""
 
 
-def load_or_exit(path: str | None):
+def fail(message: str, as_json: bool = False, problems=(), code: int = 1, **extra) -> None:
+    """Report a failure (JSON on stdout with ``--json``, words on stderr otherwise) and exit."""
+    from .manage import problems_view
+
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": message, "errors": problems_view(problems), **extra},
+                              indent=2))
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def load_or_exit(path: str | None, as_json: bool = False):
     """(settings, pm, types, config); exits 1 with every problem listed when invalid."""
     try:
         settings = Settings.from_env()
@@ -30,25 +42,64 @@ def load_or_exit(path: str | None):
         types = channel_types(pm)
         cfg = config_mod.load_file(settings.channels_path, types, pm, settings, agents=agents(pm))
     except ConfigError as exc:
+        if as_json:
+            fail(f"{exc.source} is invalid", True, exc.problems + exc.warnings)
         click.echo(f"error: {exc}", err=True)
         for w in exc.warnings:
             click.echo(f"warning: {w}", err=True)
         sys.exit(1)
     except (SophonError, ValueError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    for w in cfg.warnings:
-        click.echo(f"warning: {w}", err=True)
+        fail(str(exc), as_json)
+    if not as_json:
+        for w in cfg.warnings:
+            click.echo(f"warning: {w}", err=True)
     return settings, pm, types, cfg
+
+
+def _manager(as_json: bool = False):
+    from .manage import Manager
+
+    settings, pm, types, cfg = load_or_exit(None, as_json)
+    return Manager(settings, pm, types, list(agents(pm))), cfg
+
+
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+
+
+def _validate(path: str | None, as_json: bool) -> None:
+    from .manage import problems_view
+
+    _, _, types, cfg = load_or_exit(path, as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "source": cfg.source, "channels": [c.id for c in cfg.channels],
+                               "warnings": problems_view(cfg.warnings)}, indent=2))
+        return
+    listed = ", ".join(f"{c.id} ({c.type}, {'enabled' if c.enabled else 'disabled'})" for c in cfg.channels)
+    click.echo(f"{cfg.source} is valid: {len(cfg.channels)} channel(s){': ' + listed if listed else ''}")
 
 
 @cli.command()
 @click.argument("path", required=False)
-def validate(path: str | None) -> None:
+@JSON_OPTION
+def validate(path: str | None, as_json: bool) -> None:
     """Check channels.json (or PATH) without starting anything. Exit 1 when invalid."""
-    _, _, _, cfg = load_or_exit(path)
-    listed = ", ".join(f"{c.id} ({c.type}, {'enabled' if c.enabled else 'disabled'})" for c in cfg.channels)
-    click.echo(f"{cfg.source} is valid: {len(cfg.channels)} channel(s){': ' + listed if listed else ''}")
+    _validate(path, as_json)
+
+
+def announce_admin(settings: Settings, base_url: str) -> None:
+    """Print where the dashboard is; print the admin token once, when it is made."""
+    from . import admin
+
+    try:
+        token, made = admin.ensure_token(settings)
+    except SophonError as exc:
+        fail(str(exc))
+    if made:
+        click.echo(f"admin token (shown once; kept in {admin.token_file(settings)}, mode 0600): {token}", err=True)
+        click.echo(f"dashboard: {base_url}/dashboard#token={token}", err=True)
+    else:
+        source = admin.ENV if settings.env.get(admin.ENV) else "`sophon admin-token` prints it"
+        click.echo(f"dashboard: {base_url}/dashboard (admin token: {source})", err=True)
 
 
 @cli.command()
@@ -58,54 +109,227 @@ def validate(path: str | None) -> None:
               show_default="SOPHON_WORKERS or 2", help="gunicorn worker processes")
 @click.option("--threads", type=click.IntRange(1, 256), default=4, show_default=True,
               help="threads per worker")
-def serve(bind: str, workers: int, threads: int) -> None:
-    """Validate channels.json, then serve the webhooks with gunicorn."""
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              default=lambda: os.environ.get("SOPHON_LOG_FORMAT", "text"),
+              show_default="SOPHON_LOG_FORMAT or text", help="json: one JSON object per log line")
+def serve(bind: str, workers: int, threads: int, log_format: str) -> None:
+    """Validate channels.json, then serve the webhooks, admin API and dashboard with gunicorn."""
     from .server import run_gunicorn
 
-    load_or_exit(None)
+    os.environ["SOPHON_LOG_FORMAT"] = log_format
+    settings, _, _, _ = load_or_exit(None)
+    announce_admin(settings, f"http://{bind}")
     click.echo(f"sophon: serving on http://{bind} with {workers} worker(s)", err=True)
     sys.exit(run_gunicorn(bind, workers, threads))
 
 
+@cli.command("admin-token")
+def admin_token() -> None:
+    """Print the admin token (the dashboard and admin API ask for it); made if there is none."""
+    from . import admin
+
+    try:
+        token, made = admin.ensure_token(Settings.from_env())
+    except (SophonError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(token)
+
+
 @cli.group()
 def channels() -> None:
-    """Inspect configured channels."""
+    """List, add, test, activate, deactivate and remove channels (edits channels.json safely)."""
+
+
+@channels.command("validate")
+@click.argument("path", required=False)
+@JSON_OPTION
+def channels_validate(path: str | None, as_json: bool) -> None:
+    """Check channels.json (or PATH); same as `sophon validate`."""
+    _validate(path, as_json)
+
+
+def _table(head: tuple[str, ...], rows: list[tuple]) -> None:
+    table = [head] + [tuple("" if v is None else str(v) for v in r) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
 @channels.command("list")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@JSON_OPTION
 def channels_list(as_json: bool) -> None:
-    """List channels with type, number, state and routing."""
-    _, _, types, cfg = load_or_exit(None)
-    rows = [{"id": c.id, "type": c.type, "name": c.name, "address": c.address,
-             "enabled": c.enabled, "agentId": c.routing.agent_id,
-             "dmBehavior": c.routing.dm_behavior, "status": c.status} for c in cfg.channels]
+    """List channels with type, number, state, status and routing."""
+    from .manage import view
+
+    _, _, types, cfg = load_or_exit(None, as_json)
+    rows = [view(c, types) for c in cfg.channels]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    head = ("ID", "TYPE", "NAME", "ADDRESS", "ENABLED", "AGENT", "STATUS")
-    table = [head] + [(r["id"], r["type"], r["name"], r["address"] or "", "yes" if r["enabled"] else "no",
-                       r["agentId"], r["status"] or "") for r in rows]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
-    for row in table:
-        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    _table(("ID", "TYPE", "NAME", "ADDRESS", "ENABLED", "AGENT", "STATUS"),
+           [(r["id"], r["type"], r["name"], r["address"], "yes" if r["enabled"] else "no",
+             r["routing"]["agentId"], r["status"]) for r in rows])
+
+
+def _convert(raw: str, prop: dict, name: str):
+    kind = prop.get("type")
+    try:
+        if kind == "integer":
+            return int(raw)
+        if kind == "number":
+            return float(raw)
+        if kind == "boolean":
+            if raw.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError
+            return raw.lower() in ("true", "yes", "1")
+    except ValueError:
+        raise click.BadParameter(f"{name}={raw!r} is not a {kind}", param_hint="--set") from None
+    return raw
+
+
+@channels.command("add")
+@click.argument("channel_id")
+@click.option("--type", "type_name", required=True, help="channel type, e.g. sms (see `sophon channels types`)")
+@click.option("--name", default=None, help="display name")
+@click.option("--set", "values", multiple=True, metavar="FIELD=VALUE",
+              help="a config field, e.g. --set phoneNumber=+15005550006 (repeatable). Secret fields left "
+                   "out are asked for without echo (or read from stdin when it is not a terminal)")
+@click.option("--agent", default=None, help="routing.agentId (default: default)")
+@click.option("--dm-behavior", type=click.Choice(["per-peer", "main-session"]), default="per-peer",
+              show_default=True, help="routing.dmBehavior")
+@click.option("--activate", is_flag=True, help="activate at once (default: added disabled; test, then activate)")
+@JSON_OPTION
+def channels_add(channel_id: str, type_name: str, name: str | None, values: tuple[str, ...], agent: str | None,
+                 dm_behavior: str, activate: bool, as_json: bool) -> None:
+    """Add a channel (validated, secrets encrypted) to channels.json."""
+    from .manage import Conflict, view
+
+    mgr, _ = _manager(as_json)
+    ct = mgr.types.get(type_name)
+    if ct is None:
+        fail(f"unknown channel type {type_name!r} (installed: {', '.join(sorted(mgr.types)) or 'none'})", as_json)
+    props = ct.config_schema.get("properties", {})
+    config: dict = {}
+    for item in values:
+        field, sep, raw = item.partition("=")
+        if not sep or not field:
+            raise click.BadParameter(f"{item!r} is not FIELD=VALUE", param_hint="--set")
+        if field not in props:
+            raise click.BadParameter(f"{type_name} has no field {field!r} (fields: {', '.join(props)})",
+                                     param_hint="--set")
+        config[field] = _convert(raw, props[field], field)
+    for field in ct.config_schema.get("required", []):
+        if field in ct.secret_fields and field not in config:
+            label = props[field].get("title", field)
+            if sys.stdin.isatty():
+                config[field] = click.prompt(label, hide_input=True, err=True)
+            else:  # a script pipes it: one line per secret field, in schema order
+                config[field] = sys.stdin.readline().rstrip("\r\n")
+                if not config[field]:
+                    fail(f"no value for {field} ({label}) on stdin: pipe it in, one line per secret field, "
+                         f"or use --set {field}=...", as_json)
+    routing = {"dmBehavior": dm_behavior, **({"agentId": agent} if agent else {})}
+    body = {"id": channel_id, "type": type_name, "enabled": activate, "config": config, "routing": routing,
+            **({"name": name} if name else {})}
+    try:
+        channel = mgr.create(body)
+    except ConfigError as exc:
+        _not_changed(exc, as_json)
+    except Conflict as exc:
+        fail(str(exc), as_json)
+    if as_json:
+        click.echo(json.dumps(view(channel, mgr.types), indent=2))
+        return
+    state = "active" if channel.enabled else "disabled: test it with `sophon channels test " \
+        f"{channel.id}`, then `sophon channels activate {channel.id}`"
+    click.echo(f"{channel.id}: added ({state})")
+
+
+def _not_changed(exc: ConfigError, as_json: bool) -> None:
+    if as_json:
+        fail("not changed: channels.json would be invalid", True, exc.problems)
+    click.echo("error: not changed: channels.json would be invalid:", err=True)
+    for p in exc.problems:
+        click.echo(f"  - {p}", err=True)
+    sys.exit(1)
+
+
+@channels.command("types")
+@JSON_OPTION
+def channels_types(as_json: bool) -> None:
+    """Installed channel types and their config fields."""
+    from .manage import type_view
+
+    try:
+        types = channel_types(get_plugin_manager())
+    except SophonError as exc:
+        fail(str(exc), as_json)
+    if as_json:
+        click.echo(json.dumps([type_view(ct) for _, ct in sorted(types.items())], indent=2))
+        return
+    for name, ct in sorted(types.items()):
+        required = set(ct.config_schema.get("required", []))
+        fields = ", ".join(f"{f}{'*' if f in required else ''}{' (secret)' if f in ct.secret_fields else ''}"
+                           for f in ct.config_schema.get("properties", {}))
+        click.echo(f"{name}  {ct.display_name}  fields: {fields}")
+
+
+class Spinner:
+    """A progress line on stderr while a slow call runs (animated on a terminal only)."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, label: str, enabled: bool = True):
+        self.label, self.enabled = label, enabled
+        self._stop = None
+
+    def __enter__(self):
+        import threading
+
+        if not self.enabled:
+            return self
+        if not sys.stderr.isatty():
+            click.echo(f"{self.label} ...", err=True)
+            return self
+        self._stop = threading.Event()
+
+        def spin():
+            i = 0
+            while not self._stop.wait(0.1):
+                click.echo(f"\r{self.FRAMES[i % 4]} {self.label} ...", err=True, nl=False)
+                i += 1
+
+        self._thread = threading.Thread(target=spin, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join()
+            click.echo("\r" + " " * (len(self.label) + 6) + "\r", err=True, nl=False)
 
 
 @channels.command("test")
 @click.argument("channel_id")
-def channels_test(channel_id: str) -> None:
-    """Check a channel's credentials and provider setup (exit 1 on a problem)."""
-    settings, pm, _, cfg = load_or_exit(None)
+@JSON_OPTION
+def channels_test(channel_id: str, as_json: bool) -> None:
+    """Check a channel's credentials and provider setup; records its status (exit 1 on a problem)."""
+    from .manage import NotFound, result_view
+
+    mgr, cfg = _manager(as_json)
     channel = cfg.get(channel_id)
     if channel is None:
-        click.echo(f"error: no channel {channel_id!r} in {cfg.source} "
-                   f"(have: {', '.join(c.id for c in cfg.channels) or 'none'})", err=True)
-        sys.exit(1)
-    click.echo(f"Testing {channel.id} ({channel.type}) ...", err=True)
-    result = pm.hook.test_connection(channel=channel, settings=settings)
-    if result is None:
-        click.echo(f"error: no plugin implements test_connection for type {channel.type!r}", err=True)
-        sys.exit(1)
+        fail(f"no channel {channel_id!r} in {cfg.source} (have: {', '.join(c.id for c in cfg.channels) or 'none'})",
+             as_json)
+    with Spinner(f"Testing {channel.id} ({channel.type})", enabled=not as_json):
+        try:
+            _, result = mgr.test(channel_id)
+        except NotFound as exc:
+            fail(str(exc), as_json)
+    if as_json:
+        click.echo(json.dumps(result_view(channel_id, result), indent=2))
+        sys.exit(0 if result.ok else 1)
     marks = {"ok": "ok", "warning": "warning", "error": "ERROR"}
     for level, message in result.checks:
         click.echo(f"  [{marks.get(level, level)}] {message}")
@@ -113,50 +337,138 @@ def channels_test(channel_id: str) -> None:
     sys.exit(0 if result.ok else 1)
 
 
-def _edit(channel_id: str, change, done: str) -> None:
-    """Change one channel through the locked, validated, atomic writer."""
-    from . import channels_file
+def _change(channel_id: str, as_json: bool, done: str, op) -> None:
+    """Run one change through the locked, validated, atomic writer and report it."""
+    from .manage import NotFound, view
 
-    settings, pm, types, _ = load_or_exit(None)
-
-    def apply(data):
-        change(channels_file.find(data, channel_id), data)
-
+    mgr, _ = _manager(as_json)
     try:
-        channels_file.edit(settings.channels_path, apply, pm=pm, types=types, agents=agents(pm),
-                           settings=settings)
-    except KeyError as exc:
-        click.echo(f"error: {exc.args[0]} in {settings.channels_path}", err=True)
-        sys.exit(1)
+        channel = op(mgr)
+    except NotFound as exc:
+        fail(f"{exc} in {mgr.settings.channels_path}", as_json)
     except ConfigError as exc:
-        click.echo(f"error: not changed: {exc}", err=True)
-        sys.exit(1)
+        _not_changed(exc, as_json)
+    if as_json:
+        click.echo(json.dumps(view(channel, mgr.types) if channel is not None else {"id": channel_id, "removed": True},
+                              indent=2))
+        return
     click.echo(f"{channel_id}: {done} (running servers pick this up within about a second)")
 
 
 @channels.command("activate")
 @click.argument("channel_id")
-def channels_activate(channel_id: str) -> None:
+@JSON_OPTION
+def channels_activate(channel_id: str, as_json: bool) -> None:
     """Set "enabled": true: the channel's webhook answers."""
-    _edit(channel_id, lambda ch, data: ch.__setitem__("enabled", True), "activated")
+    _change(channel_id, as_json, "activated", lambda m: m.set_enabled(channel_id, True))
 
 
 @channels.command("deactivate")
 @click.argument("channel_id")
-def channels_deactivate(channel_id: str) -> None:
+@JSON_OPTION
+def channels_deactivate(channel_id: str, as_json: bool) -> None:
     """Set "enabled": false: the channel's webhook answers 404 and nothing is sent."""
-    _edit(channel_id, lambda ch, data: ch.__setitem__("enabled", False), "deactivated")
+    _change(channel_id, as_json, "deactivated", lambda m: m.set_enabled(channel_id, False))
 
 
 @channels.command("remove")
 @click.argument("channel_id")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def channels_remove(channel_id: str, yes: bool) -> None:
+@JSON_OPTION
+def channels_remove(channel_id: str, yes: bool, as_json: bool) -> None:
     """Delete a channel from channels.json."""
-    if not yes and not click.confirm(f"Remove channel {channel_id!r}?", default=False):
-        click.echo("not removed")
-        sys.exit(1)
-    _edit(channel_id, lambda ch, data: data["channels"].remove(ch), "removed")
+    if not yes and not click.confirm(f"Remove channel {channel_id!r}?", default=False, err=True):
+        fail("not removed", as_json)
+    _change(channel_id, as_json, "removed", lambda m: m.remove(channel_id))
+
+
+@channels.command("encrypt")
+@JSON_OPTION
+def channels_encrypt(as_json: bool) -> None:
+    """Encrypt every secret still in plain text in channels.json (hand edits)."""
+    from . import channels_file, secrets
+
+    mgr, _ = _manager(as_json)
+    count = []
+    fields = channels_file.secret_fields(mgr.types)
+    try:
+        channels_file.edit(mgr.settings.channels_path,
+                           lambda data: count.append(secrets.encrypt_plaintext(data, fields, mgr.settings)),
+                           pm=mgr.pm, types=mgr.types, agents=list(mgr.agents), settings=mgr.settings)
+    except ConfigError as exc:
+        _not_changed(exc, as_json)
+    except SophonError as exc:
+        fail(str(exc), as_json)
+    ring = secrets.Keyring.load(mgr.settings)
+    source = ring.source if ring else "no key needed"
+    if as_json:
+        click.echo(json.dumps({"ok": True, "encrypted": count[0], "key": source}, indent=2))
+        return
+    click.echo(f"{count[0]} secret(s) encrypted in {mgr.settings.channels_path} (key: {source})")
+
+
+@channels.command("rotate-key")
+@click.option("--print-new-key", is_flag=True, help="only print a fresh key (for SOPHON_SECRET_KEY) and exit")
+@JSON_OPTION
+def channels_rotate_key(print_new_key: bool, as_json: bool) -> None:
+    """Re-encrypt every secret under a new key.
+
+    With the key file (SOPHON_DATA_DIR/secret.key) a new key is made and the old
+    one dropped. With SOPHON_SECRET_KEY: set it to NEW,OLD first, run this, then
+    set it to NEW.
+    """
+    from . import channels_file, secrets
+
+    if print_new_key:
+        click.echo(secrets.new_key())
+        return
+    mgr, _ = _manager(as_json)
+    try:
+        count, source = channels_file.rotate_key(mgr.settings.channels_path, pm=mgr.pm, types=mgr.types,
+                                                 agents=list(mgr.agents), settings=mgr.settings)
+    except ConfigError as exc:
+        _not_changed(exc, as_json)
+    except SophonError as exc:
+        fail(str(exc), as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "reencrypted": count, "key": source}, indent=2))
+        return
+    click.echo(f"{count} secret(s) re-encrypted under the new key ({source})")
+
+
+@cli.command()
+@click.option("--channel", "channel_id", required=True, help="the channel to send through")
+@click.option("--to", "to", required=True, help="the recipient's address (a phone number in E.164 for SMS)")
+@click.argument("text")
+@click.option("--retry-for", default=30.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="seconds to keep retrying temporary provider failures")
+@JSON_OPTION
+def send(channel_id: str, to: str, text: str, retry_for: float, as_json: bool) -> None:
+    """Send TEXT to a number through a channel now (opt-outs, budget and pacing apply)."""
+    from .outbox import NotSent, Outbox
+    from .store import Store
+
+    settings, pm, types, cfg = load_or_exit(None, as_json)
+    channel = cfg.get(channel_id)
+    if channel is None:
+        fail(f"no channel {channel_id!r} in {cfg.source} (have: {', '.join(c.id for c in cfg.channels) or 'none'})",
+             as_json)
+    outbox = Outbox(settings, pm, dict(types), Store(settings.data_dir / "sophon.db", settings.sqlite_synchronous))
+
+    def retrying(error: str, delay: float) -> None:
+        if not as_json:
+            click.echo(f"  {error}; trying again in {delay:.1f} s", err=True)
+
+    try:
+        parts = outbox.send(channel, to, text, retry_for=retry_for, on_retry=retrying)
+    except NotSent as exc:
+        fail(f"not sent: {exc}", as_json, sent=exc.sent)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "channel": channel.id, "to": to, "parts": parts}, indent=2))
+        return
+    for p in parts:
+        click.echo(f"sent part {p['part']}/{len(parts)} to {to} via {channel.id}: {p['id']} ({p['status']}, "
+                   f"{p['units']} unit(s))")
 
 
 @cli.command()
@@ -185,19 +497,12 @@ def _store(settings: Settings):
     return Store(settings.data_dir / "sophon.db", settings.sqlite_synchronous)
 
 
-def _table(head: tuple[str, ...], rows: list[tuple]) -> None:
-    table = [head] + [tuple("" if v is None else str(v) for v in r) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    for row in table:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-
-
 @cli.command()
 @click.option("--limit", default=30, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def messages(limit: int, as_json: bool) -> None:
     """Recent messages: direction, peer, status, error, units (SMS segments)."""
-    settings, _, _, _ = load_or_exit(None)
+    settings, _, _, _ = load_or_exit(None, as_json)
     rows = _store(settings).recent(limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -215,7 +520,7 @@ def messages(limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def usage(day: str | None, as_json: bool) -> None:
     """Messages and units (SMS segments) in and out per channel and day, and what the guards stopped."""
-    settings, _, _, _ = load_or_exit(None)
+    settings, _, _, _ = load_or_exit(None, as_json)
     data = _store(settings).usage(day)
     names = ("messages_in", "units_in", "messages_out", "units_out", "failed", "blocked", "rate_limited",
              "skipped_opted_out", "skipped_budget")

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 import jsonschema
 import pluggy
 
+from . import secrets
 from .errors import ConfigError, Problem
 from .models import Channel, ChannelType, Limits, Routing
 from .settings import Settings
@@ -67,8 +68,11 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
     Every problem is collected in one pass: envelope, per-type schemas, the
     plugins' ``validate_config``, duplicates and (when ``agents`` is given)
     unknown ``routing.agentId`` values. No message shows a secret's value.
+    Encrypted secrets (``enc:v1:...``) are decrypted: the returned channels hold
+    plain values; a plaintext secret is accepted with a warning.
     """
     data = normalize(data)
+    keyring: dict = {}  # loaded on the first encrypted value
     problems: list[Problem] = []
     raw_channels = data.get("channels") if isinstance(data, dict) else None
     raw_channels = raw_channels if isinstance(raw_channels, list) else []
@@ -100,6 +104,10 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
                                     f"{installed}); install its plugin or fix the type"))
             continue
         ct = types[ctype]
+        config, secret_problems = _open_secrets(cid, ct, config, settings, keyring)
+        problems.extend(secret_problems)
+        if any(p.level == "error" for p in secret_problems):
+            continue
         config_errors = list(jsonschema.Draft202012Validator(ct.config_schema).iter_errors(config))
         for err in config_errors:
             problems.append(Problem(cid, _dotted(["config", *err.absolute_path]),
@@ -140,6 +148,40 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
     if any(p.level == "error" for p in problems):
         raise ConfigError(source, problems)
     return ChannelsConfig(source, tuple(channels), tuple(p for p in problems if p.level != "error"))
+
+
+def _open_secrets(cid: str, ct: ChannelType, config: dict, settings: Settings,
+                  keyring: dict) -> tuple[dict, list[Problem]]:
+    """The config with its secret fields decrypted, and the problems found doing it."""
+    out, problems = dict(config), []
+    for name in sorted(ct.secret_fields):
+        value = out.get(name)
+        if not isinstance(value, str):
+            continue
+        if not secrets.is_encrypted(value):
+            problems.append(Problem(cid, f"config.{name}", "is stored in plain text; Sophon encrypts it the next "
+                                    "time it writes the file, or now with `sophon channels encrypt`",
+                                    level="warning"))
+            continue
+        if "ring" not in keyring:
+            try:
+                keyring["ring"] = secrets.Keyring.load(settings)
+            except secrets.SecretKeyError as exc:
+                keyring["ring"], keyring["error"] = None, str(exc)
+        ring = keyring["ring"]
+        where = f"{secrets.ENV} or {secrets.key_file(settings)}"
+        if ring is None:
+            problems.append(Problem(cid, f"config.{name}", keyring.get("error") or (
+                f"is encrypted but there is no key ({where} is missing): restore the key it was "
+                "encrypted with, or type the secret again in plain text")))
+            continue
+        try:
+            out[name] = ring.decrypt(value)
+        except (secrets.InvalidToken, ValueError):
+            problems.append(Problem(cid, f"config.{name}", f"cannot be decrypted with the key from {ring.source}: "
+                                    "it was encrypted with another key; set that key (SOPHON_SECRET_KEY accepts "
+                                    "several, comma-separated) or type the secret again in plain text"))
+    return out, problems
 
 
 def combined_schema(types: Mapping[str, ChannelType]) -> dict:

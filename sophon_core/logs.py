@@ -1,8 +1,15 @@
-"""Logging set-up: one line per event, secrets redacted whatever the source."""
+"""Logging set-up: one line per event, secrets redacted whatever the source.
+
+``SOPHON_LOG_FORMAT=json`` (or ``sophon serve --log-format json``) makes every
+line one JSON object: ``ts``, ``level``, ``logger``, ``pid``, ``message`` and,
+for errors, ``exception``.
+"""
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from typing import Callable, Iterable
 
 _FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
@@ -31,12 +38,42 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+def json_enabled() -> bool:
+    return (os.environ.get("SOPHON_LOG_FORMAT") or "text").strip().lower() == "json"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (the message already redacted by ``RedactSecrets``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+               + f".{int(record.msecs):03d}Z",
+               "level": record.levelname, "logger": record.name, "pid": record.process,
+               "message": record.getMessage()}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exception"] = record.exc_text
+        return json.dumps(out, ensure_ascii=False)
+
+
+def formatter() -> logging.Formatter:
+    return JsonFormatter() if json_enabled() else logging.Formatter(_FORMAT)
+
+
+def use_json_for_gunicorn() -> None:
+    """Give gunicorn's own handlers (error and access log) the JSON formatter."""
+    for name in ("gunicorn.error", "gunicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            handler.setFormatter(JsonFormatter())
+
+
 def configure(secrets: Callable[[], Iterable[str]]) -> None:
     """Log to stderr at ``SOPHON_LOG_LEVEL`` (default INFO) with secrets redacted."""
     root = logging.getLogger()
     if not any(getattr(h, "_sophon", False) for h in root.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(formatter())
         handler._sophon = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.setLevel(os.environ.get("SOPHON_LOG_LEVEL", "INFO").upper())
@@ -44,6 +81,7 @@ def configure(secrets: Callable[[], Iterable[str]]) -> None:
     for handler in root.handlers:
         if getattr(handler, "_sophon", False):
             handler.filters = [redact]
-    # gunicorn's error log has handlers of its own; a logger filter covers what it logs itself.
-    gunicorn_log = logging.getLogger("gunicorn.error")
-    gunicorn_log.filters = [f for f in gunicorn_log.filters if not isinstance(f, RedactSecrets)] + [redact]
+    # gunicorn's logs have handlers of their own; a logger filter covers what it logs itself.
+    for name in ("gunicorn.error", "gunicorn.access"):
+        gunicorn_log = logging.getLogger(name)
+        gunicorn_log.filters = [f for f in gunicorn_log.filters if not isinstance(f, RedactSecrets)] + [redact]

@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Sequence
 
+from . import metrics
 from .errors import SendError
 from .models import Channel, InboundMessage, OutboundMessage
 from .store import Job, LeaseLost
@@ -40,10 +41,14 @@ MAX_BACKOFF = 300.0
 
 
 def session_key(channel: Channel, msg: InboundMessage) -> str:
+    return session_for(channel, msg.sender)
+
+
+def session_for(channel: Channel, peer: str) -> str:
     """``main-session``: one session per agent; ``per-peer``: one per sender and channel."""
     agent = channel.routing.agent_id
     if channel.routing.dm_behavior == "per-peer":
-        return f"agent:{agent}:peer:{channel.id}:{msg.sender}"
+        return f"agent:{agent}:peer:{channel.id}:{peer}"
     return f"agent:{agent}:main"
 
 
@@ -94,15 +99,18 @@ class Pipeline:
                 log.warning("%s is not on the allowlist of channel %s; message %s not answered",
                             msg.sender, channel.id, msg.provider_message_id)
                 store.count(channel.id, blocked=1)
+                metrics.INBOUND.labels(channel.id, "blocked").inc()
                 continue
             key = session_key(channel, msg)
             if msg.intent != "message":
+                metrics.INBOUND.labels(channel.id, "consent").inc()
                 if store.record_consent(msg, key) and msg.intent in ("opt_out", "opt_in"):
                     log.info("%s opted %s on %s", msg.sender, "out" if msg.intent == "opt_out" else "back in",
                              channel.id)
                 continue
             outcome, _ = store.accept_inbound(msg, key, channel.limits.inbound_per_sender_per_hour,
                                               delivery_key=delivery_key)
+            metrics.INBOUND.labels(channel.id, outcome.replace("-", "_")).inc()
             if outcome == "duplicate":
                 log.info("duplicate delivery of %s on %s ignored", msg.provider_message_id, channel.id)
             elif outcome == "rate-limited":
@@ -233,12 +241,14 @@ class Pipeline:
             verdict = store.begin_part(job, part, units, channel.limits.daily_outbound_units)
             if verdict == "opted_out":
                 store.skip_job(job, "recipient opted out", "skipped_opted_out")
+                metrics.SKIPPED.labels(channel.id, "opted_out").inc()
                 log.info("not answering %s on %s: they opted out", peer, channel.id)
                 return
             if verdict == "over_budget":
                 budget = channel.limits.daily_outbound_units
                 store.skip_job(job, f"daily budget of {budget} units reached (limits.dailyOutboundUnits)",
                                "skipped_budget")
+                metrics.SKIPPED.labels(channel.id, "over_budget").inc()
                 log.error("channel %s reached its daily budget of %d units; not answering %s",
                           channel.id, budget, peer)
                 return
@@ -257,6 +267,8 @@ class Pipeline:
                 store.part_unsent(job, part, units, "internal error", status="in-flight")
                 raise
             self._record_sent(job, part, sent)
+            metrics.OUTBOUND.labels(channel.id).inc()
+            metrics.OUTBOUND_UNITS.labels(channel.id).inc(units)
         store.complete(job)
         log.info("replied to %s on %s (job %d)", peer, channel.id, job.id)
 
@@ -274,6 +286,7 @@ class Pipeline:
 
     def _send_failed(self, channel: Channel, job: Job, part, units: int, exc: SendError, address: str) -> None:
         store, peer = self.runtime.store, job.message.sender
+        metrics.SEND_FAILURES.labels(channel.id, "permanent" if exc.permanent else "temporary").inc()
         if exc.recipient_opted_out:
             store.set_opt_out(channel.id, peer, "STOP (reported by the provider)")
         if exc.permanent:
@@ -304,6 +317,7 @@ class Pipeline:
             reason = f"gave up after {job.attempts} attempt(s) over {settings.retry_for:g} s: {error}"
             store.fail(job, reason)
             store.count(job.channel_id, failed=1)
+            metrics.SKIPPED.labels(job.channel_id, "gave_up").inc()
             log.error("job %d: %s", job.id, reason)
             return
         delay = min(backoff(job.attempts, settings.retry_base, retry_after), deadline - now)
@@ -370,4 +384,5 @@ def record_delivery_status(runtime: "Runtime", channel_id: str, provider_id: str
 
     :return: False when the report changes nothing (yet).
     """
+    metrics.DELIVERY_REPORTS.labels(channel_id, status).inc()
     return runtime.store.record_status(channel_id, provider_id, status, error, STATUS_RANK)

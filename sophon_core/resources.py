@@ -6,6 +6,7 @@ import time
 
 import falcon
 
+from . import metrics
 from .errors import WebhookRejected
 from .models import ChannelType
 from .runtime import Runtime
@@ -21,6 +22,18 @@ class WebhookResource:
         self.type = channel_type
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
+        code = 500
+        try:
+            self._handle(req, resp)
+            code = resp.status_code
+        except WebhookRejected as exc:
+            code = exc.status
+            raise
+        finally:
+            metrics.WEBHOOK_SECONDS.labels(self.type.name, str(code)).observe(time.perf_counter() - started)
+
+    def _handle(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
         req.context.body = read_body(req, self.runtime.settings.max_body_bytes)
         reply = self.runtime.pm.hook.handle_inbound(

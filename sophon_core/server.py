@@ -13,7 +13,7 @@ APP = "sophon_core.app:create_app()"
 def gunicorn_argv(bind: str, workers: int, threads: int) -> list[str]:
     argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
             "--worker-class", "gthread", "--threads", str(threads), "--graceful-timeout", "20",
-            "--access-logfile", "-"]
+            "--access-logfile", "-", "--config", "python:sophon_core.gunicorn_conf"]
     if _has_setting("control_socket_disable"):
         # Recent gunicorn opens a control socket under ~/.gunicorn by default; several
         # servers on one machine (tests, demo) would fight over it.

@@ -404,6 +404,38 @@ class Store:
             db.execute("UPDATE messages SET status = ?, error = ?, updated_at = ? WHERE id = ?",
                        (status, error, time.time(), part.id))
 
+    # --- messages an operator sends (``sophon send``) ------------------------------
+
+    def begin_direct(self, channel_id: str, peer: str, session_key: str, text: str, units: int,
+                     daily_budget: int) -> tuple[str, Part | None]:
+        """Record one outbound message no inbound message asked for, ``in-flight``, after the
+        same checks as a reply part (opt-out, daily budget), in one transaction.
+
+        :return: ``("ok", part)``, ``("opted_out", None)`` or ``("over_budget", None)``.
+        """
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        now = time.time()
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM opt_outs WHERE channel_id = ? AND peer = ?", (channel_id, peer)).fetchone():
+                return "opted_out", None
+            used = db.execute("SELECT value FROM usage WHERE channel_id = ? AND day = ? AND counter = 'units_out'",
+                              (channel_id, day)).fetchone()
+            if (used[0] if used else 0) + units > daily_budget:
+                return "over_budget", None
+            self._add_usage(db, channel_id, {"units_out": units, "messages_out": 1})
+            cur = db.execute(
+                "INSERT INTO messages (channel_id, direction, peer, session_key, text, status, units,"
+                " created_at, updated_at) VALUES (?, 'out', ?, ?, ?, 'in-flight', ?, ?, ?)",
+                (channel_id, peer, session_key, text, units, now, now))
+            return "ok", Part(cur.lastrowid, 0, text, "in-flight", None)
+
+    def direct_unsent(self, channel_id: str, part: Part, units: int, error: str) -> None:
+        """The provider refused an operator's message: record why and give the units back."""
+        with self._write() as db:
+            self._add_usage(db, channel_id, {"units_out": -units, "messages_out": -1})
+            db.execute("UPDATE messages SET status = 'failed', error = ?, updated_at = ? WHERE id = ?",
+                       (error, time.time(), part.id))
+
     # --- consent, usage, pacing ----------------------------------------------------
 
     def set_opt_out(self, channel_id: str, peer: str, keyword: str | None) -> None:

@@ -158,7 +158,7 @@ def test_unknown_agent_is_an_error(make_runtime):
 def test_open_main_session_channels_get_a_warning(env):
     cfg = validate(env, [dummy_channel("a"), dummy_channel("b", "dummy:ann", routing={"dmBehavior": "per-peer"}),
                          dummy_channel("c", "dummy:cat", access={"mode": "allowlist", "allow": ["dummy:zed"]})])
-    assert [str(w) for w in cfg.warnings] == [
+    assert [str(w) for w in cfg.warnings if w.path.startswith("routing")] == [
         "a: routing.dmBehavior: main-session on an open channel: every stranger who texts shares one "
         "session with everyone else; use per-peer, or access.mode allowlist"]
     c = cfg.get("c")

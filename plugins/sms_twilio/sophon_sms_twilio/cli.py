@@ -38,8 +38,9 @@ def demo(bind: str, sandbox_port: int, workers: int) -> None:
         click.echo(f"sophon:  webhook {public}/api/channels/sms/webhook", err=True)
         click.echo('try:     sophon sms simulate "hello"   (or ./dev sophon sms simulate "hello")', err=True)
         os.environ.update(env)
-        from sophon_core.cli import load_or_exit
-        load_or_exit(None)  # refuse to start on an invalid channels.json
+        from sophon_core.cli import announce_admin, load_or_exit
+        settings, _, _, _ = load_or_exit(None)  # refuse to start on an invalid channels.json
+        announce_admin(settings, public)
         sys.exit(run_gunicorn(bind, workers, 4, env))
 
 

@@ -1,0 +1,86 @@
+"""The admin token and the guard in front of the admin API and the dashboard's data.
+
+The token is ``SOPHON_ADMIN_TOKEN`` or, when that is unset, the content of
+``$SOPHON_DATA_DIR/admin.token`` (created with mode 0600 at first start; the
+CLI prints it once, ``sophon admin-token`` shows it again). Clients send it as
+``Authorization: Bearer <token>``. There is no cookie: a page on another site
+cannot make a browser send the header, so cross-site requests change nothing.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import secrets as _random
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import falcon
+
+from .errors import SophonError
+from .settings import Settings
+
+ENV = "SOPHON_ADMIN_TOKEN"
+
+
+class AdminTokenError(SophonError):
+    """The token file cannot be read or made."""
+
+
+def token_file(settings: Settings) -> Path:
+    return settings.data_dir / "admin.token"
+
+
+def ensure_token(settings: Settings) -> tuple[str, bool]:
+    """The admin token; made (and stored 0600) when there is none. :return: (token, made now)."""
+    token = (settings.env.get(ENV) or "").strip()
+    if token:
+        return token, False
+    path = token_file(settings)
+    try:
+        existing = path.read_text().strip()
+        if existing:
+            return existing, False
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise AdminTokenError(f"cannot read the admin token file {path}: {exc.strerror}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    made = _random.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another worker made it first
+        return path.read_text().strip(), False
+    except OSError as exc:
+        raise AdminTokenError(f"cannot create the admin token file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as out:
+        out.write(made + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    return made, True
+
+
+class AdminGuard:
+    """Falcon middleware: resources with ``admin = True`` need the bearer token;
+    state-changing requests must also come from this origin when a browser says
+    where they come from."""
+
+    def __init__(self, token: str):
+        self._token = token.encode()
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+        if not getattr(resource, "admin", False) or req.method == "OPTIONS":
+            return
+        header = req.get_header("Authorization") or ""
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+            raise falcon.HTTPUnauthorized(
+                title="admin token required",
+                description="send 'Authorization: Bearer <token>'; the token is SOPHON_ADMIN_TOKEN or the "
+                            "content of admin.token in SOPHON_DATA_DIR (`sophon admin-token` prints it)",
+                challenges=["Bearer"])
+        origin = req.get_header("Origin")
+        if req.method not in ("GET", "HEAD") and origin and origin != "null":
+            if urlsplit(origin).netloc.lower() != req.netloc.lower():
+                raise falcon.HTTPForbidden(title="cross-origin request refused",
+                                           description=f"requests that change channels must come from "
+                                                       f"this server's own pages, not {origin}")

@@ -1,0 +1,42 @@
+"""Prometheus metrics (``GET /metrics``, text format) through prometheus-client.
+
+Under gunicorn every worker counts for itself: ``sophon serve`` (through
+``gunicorn_conf``) points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder in
+``SOPHON_DATA_DIR`` before the workers start, and ``/metrics`` adds up what all
+workers wrote there. In a single process (tests, a plain WSGI server) the
+default registry is used.
+"""
+from __future__ import annotations
+
+import os
+
+import falcon
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
+                               generate_latest, multiprocess)
+
+INBOUND = Counter("sophon_inbound_messages", "Inbound messages by what became of them "
+                  "(queued, duplicate, rate_limited, blocked, consent)", ["channel", "outcome"])
+OUTBOUND = Counter("sophon_outbound_messages", "Outbound messages the provider accepted", ["channel"])
+OUTBOUND_UNITS = Counter("sophon_outbound_units", "Billing units (SMS segments) the provider accepted",
+                         ["channel"])
+SEND_FAILURES = Counter("sophon_send_failures", "Failed provider calls (temporary: retried; permanent: given up)",
+                        ["channel", "kind"])
+SKIPPED = Counter("sophon_replies_skipped", "Replies not sent (opted_out, over_budget, gave_up)",
+                  ["channel", "reason"])
+DELIVERY_REPORTS = Counter("sophon_delivery_reports", "Delivery status reports received", ["channel", "status"])
+WEBHOOK_SECONDS = Histogram("sophon_webhook_seconds", "Time to acknowledge a provider webhook",
+                            ["type", "code"],
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0))
+
+
+class MetricsResource:
+    """``GET /metrics``: counters and the webhook latency histogram, every worker summed."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = REGISTRY
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.data = generate_latest(registry)
