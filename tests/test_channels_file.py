@@ -15,13 +15,15 @@ from sophon_core.plugins import agents, channel_types, get_plugin_manager
 from sophon_core.settings import Settings
 
 
-def writer_kwargs():
+def writer_kwargs(path):
+    """Everything ``edit`` needs; the key file for secrets goes beside ``path``, never in ./.sophon."""
     pm = get_plugin_manager([dummy_plugin], env={"SOPHON_PLUGINS": "default_agent"})
-    return {"pm": pm, "types": channel_types(pm), "agents": agents(pm), "settings": Settings()}
+    settings = Settings.from_env({"SOPHON_DATA_DIR": str(path.parent / "data")})
+    return {"pm": pm, "types": channel_types(pm), "agents": agents(pm), "settings": settings}
 
 
 def add_channels(path, worker, count):
-    kw = writer_kwargs()
+    kw = writer_kwargs(path)
     for i in range(count):
         name = f"w{worker}x{i}"
         channels_file.edit(path, lambda data: data["channels"].append(
@@ -42,6 +44,11 @@ def test_concurrent_writers_in_many_processes_lose_no_channel(tmp_path):
     ids = sorted(c["id"] for c in json.loads(path.read_text())["channels"])
     assert ids == sorted(f"w{w}x{i}" for w in range(6) for i in range(8))
     assert list(tmp_path.glob(".channels.json.*")) == []  # no temporary file left behind
+    # Six processes raced to make the secrets key: one key file, and it opens every secret.
+    assert all(c["config"]["token"].startswith("enc:v1:") for c in json.loads(path.read_text())["channels"])
+    kw = writer_kwargs(path)
+    cfg = channels_file.config_mod.load_file(path, kw["types"], kw["pm"], kw["settings"])
+    assert {c.config["token"] for c in cfg.channels} == {"s3cret-token"}
 
 
 def test_an_invalid_change_is_refused_and_changes_nothing(tmp_path):
@@ -49,9 +56,9 @@ def test_an_invalid_change_is_refused_and_changes_nothing(tmp_path):
     path.write_text(json.dumps({"channels": [dummy_channel()]}, indent=1))
     before = path.read_bytes()
     with pytest.raises(ConfigError, match="d2: config.address: 'bad' is not a dummy address"):
-        channels_file.edit(path, lambda d: d["channels"].append(dummy_channel("d2", "bad")), **writer_kwargs())
+        channels_file.edit(path, lambda d: d["channels"].append(dummy_channel("d2", "bad")), **writer_kwargs(path))
     with pytest.raises(ConfigError, match="already used by channel 'd1'"):
-        channels_file.edit(path, lambda d: d["channels"].append(dummy_channel("d2")), **writer_kwargs())
+        channels_file.edit(path, lambda d: d["channels"].append(dummy_channel("d2")), **writer_kwargs(path))
     assert path.read_bytes() == before
 
 
