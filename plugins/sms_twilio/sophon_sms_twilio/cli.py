@@ -29,7 +29,7 @@ def demo(bind: str, sandbox_port: int, workers: int) -> None:
     """
     from sophon_core.server import run_gunicorn
 
-    from .sandbox import DEMO_NUMBER, demo_sandbox
+    from .sandbox import DEMO_NUMBER, DEMO_SPARE_NUMBER, demo_sandbox
 
     public = f"http://{bind}"
     with demo_sandbox(port=sandbox_port, sms_url=f"{public}/api/channels/sms/webhook") as box:
@@ -37,6 +37,8 @@ def demo(bind: str, sandbox_port: int, workers: int) -> None:
         click.echo(f"sandbox: Twilio REST API and phone at {box.url}; number {DEMO_NUMBER}", err=True)
         click.echo(f"sophon:  webhook {public}/api/channels/sms/webhook", err=True)
         click.echo('try:     sophon sms simulate "hello"   (or ./dev sophon sms simulate "hello")', err=True)
+        click.echo(f"spare:   {DEMO_SPARE_NUMBER} on the same sandbox account, for trying Add Channel in "
+                   "the dashboard", err=True)
         os.environ.update(env)
         from sophon_core.cli import announce_admin, load_or_exit
         settings, _, _, _ = load_or_exit(None)  # refuse to start on an invalid channels.json

@@ -49,6 +49,7 @@ __all__ = [
     "DEMO_AUTH_TOKEN",
     "DEMO_NUMBER",
     "DEMO_PEER",
+    "DEMO_SPARE_NUMBER",
     "Account",
     "Number",
     "Sandbox",
@@ -66,6 +67,8 @@ DEMO_AUTH_TOKEN = "sandbox" + "0" * 25
 # Twilio's own magic test "From" number, and the simulated handset's number.
 DEMO_NUMBER = "+15005550006"
 DEMO_PEER = "+15551230001"
+# A second number on the demo account that no channel uses yet: for trying Add Channel.
+DEMO_SPARE_NUMBER = "+15005550010"
 
 WEBHOOK_TIMEOUT = 10.0  # seconds the phone waits for the application's webhook
 
@@ -1178,10 +1181,11 @@ class Sandbox:
 
 def demo_sandbox(host: str = "127.0.0.1", port: int = 0, sms_url: str | None = None) -> Sandbox:
     """A started sandbox with the demo account (DEMO_ACCOUNT_SID / DEMO_AUTH_TOKEN, Full)
-    owning DEMO_NUMBER, whose incoming texts go to ``sms_url``."""
+    owning DEMO_NUMBER and DEMO_SPARE_NUMBER, whose incoming texts go to ``sms_url``."""
     sandbox = Sandbox(host, port)
     sandbox.add_account(DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, type="Full", friendly_name="Sophon sandbox (demo)")
     sandbox.add_number(DEMO_ACCOUNT_SID, DEMO_NUMBER, sms_url=sms_url, mms=True)
+    sandbox.add_number(DEMO_ACCOUNT_SID, DEMO_SPARE_NUMBER, sms_url=sms_url)
     sandbox.verify_caller_id(DEMO_ACCOUNT_SID, DEMO_PEER)
     return sandbox.start()
 
