@@ -8,6 +8,7 @@ cannot make a browser send the header, so cross-site requests change nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import secrets as _random
@@ -31,32 +32,54 @@ def token_file(settings: Settings) -> Path:
 
 
 def ensure_token(settings: Settings) -> tuple[str, bool]:
-    """The admin token; made (and stored 0600) when there is none. :return: (token, made now)."""
+    """The admin token; made (and stored 0600) when there is none. :return: (token, made now).
+
+    The file appears with its content already in it (written beside it, then
+    hard-linked into place), so a worker racing another never reads it empty.
+    :raises AdminTokenError: the file cannot be read or made, or it is empty.
+    """
     token = (settings.env.get(ENV) or "").strip()
     if token:
         return token, False
     path = token_file(settings)
-    try:
-        existing = path.read_text().strip()
-        if existing:
-            return existing, False
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise AdminTokenError(f"cannot read the admin token file {path}: {exc.strerror}") from None
+    existing = _read(path)
+    if existing is not None:
+        return existing, False
     path.parent.mkdir(parents=True, exist_ok=True)
     made = _random.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_random.token_hex(4)}")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another worker made it first
-        return path.read_text().strip(), False
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(made + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first: use theirs
+            existing = _read(path)
+            assert existing is not None
+            return existing, False
     except OSError as exc:
         raise AdminTokenError(f"cannot create the admin token file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as out:
-        out.write(made + "\n")
-        out.flush()
-        os.fsync(out.fileno())
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     return made, True
+
+
+def _read(path: Path) -> str | None:
+    """The token in ``path``; ``None`` when there is no file."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AdminTokenError(f"cannot read the admin token file {path}: {exc.strerror}") from None
+    if not text:
+        raise AdminTokenError(f"the admin token file {path} is empty; delete it (a new token is made at the "
+                              f"next start) or set {ENV}")
+    return text
 
 
 class AdminGuard:
@@ -65,7 +88,9 @@ class AdminGuard:
     where they come from."""
 
     def __init__(self, token: str):
-        self._token = token.encode()
+        if not token.strip():
+            raise AdminTokenError("the admin token is empty")
+        self._token = token.strip().encode()
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         if not getattr(resource, "admin", False) or req.method == "OPTIONS":

@@ -73,6 +73,7 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
     """
     data = normalize(data)
     keyring: dict = {}  # loaded on the first encrypted value
+    opened: set[str] = set()  # decrypted secret values: never in a message either
     problems: list[Problem] = []
     raw_channels = data.get("channels") if isinstance(data, dict) else None
     raw_channels = raw_channels if isinstance(raw_channels, list) else []
@@ -105,6 +106,7 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
             continue
         ct = types[ctype]
         config, secret_problems = _open_secrets(cid, ct, config, settings, keyring)
+        opened.update(v for k, v in config.items() if k in ct.secret_fields and isinstance(v, str))
         problems.extend(secret_problems)
         if any(p.level == "error" for p in secret_problems):
             continue
@@ -144,7 +146,7 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
             Problem(c.id, "routing.agentId", f"no agent {c.routing.agent_id!r} is installed "
                     f"(installed: {', '.join(known) or 'none'})")
             for c in channels if isinstance(c.routing.agent_id, str) and c.routing.agent_id not in known)
-    problems = _scrub(problems, data, types)
+    problems = _scrub(problems, data, types, opened)
     if any(p.level == "error" for p in problems):
         raise ConfigError(source, problems)
     return ChannelsConfig(source, tuple(channels), tuple(p for p in problems if p.level != "error"))
@@ -207,9 +209,11 @@ def _address(config: Mapping[str, Any], ct: ChannelType) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _scrub(problems: list[Problem], data: Any, types: Mapping[str, ChannelType]) -> list[Problem]:
-    """Belt and braces: replace any secret value found in the file by ``***`` in every message."""
-    secrets = set()
+def _scrub(problems: list[Problem], data: Any, types: Mapping[str, ChannelType],
+           opened: Iterable[str] = ()) -> list[Problem]:
+    """Belt and braces: replace any secret value (as in the file, and decrypted) by ``***``
+    in every message, e.g. a token pasted into the wrong field."""
+    secrets = {s for s in opened if len(s) >= 4}
     for item in (data.get("channels") if isinstance(data, dict) else None) or ():
         config = item.get("config") if isinstance(item, dict) else None
         if not isinstance(config, dict):

@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from gunicorn import glogging
+
 from sophon_core import logs
 
 _own_dir: Path | None = None
@@ -32,9 +34,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _Logger(glogging.Logger):
+    """gunicorn's logger, with JSON lines from the first one on when SOPHON_LOG_FORMAT=json
+    (``setup`` also runs again on SIGHUP)."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        if logs.json_enabled():
+            logs.use_json_for_gunicorn()
+
+
+logger_class = _Logger
+
+
 def on_starting(server) -> None:
-    if logs.json_enabled():
-        logs.use_json_for_gunicorn()
     if _own_dir is None:
         return
     for old in _own_dir.parent.glob("*"):
