@@ -217,3 +217,25 @@ def test_a_repeated_idempotency_token_is_not_accepted_twice(app, account, sandbo
     sandbox.wait_for_messages(1, to=PEER)
     time.sleep(0.5)
     assert [m["form"]["Body"] for m in sandbox.messages()] == ['Sophon default agent. You said: "one"']
+
+
+@pytest.mark.parametrize("called", ["https://bot.example.com/api/channels/sms/webhook",
+                                    "https://bot.example.com:443/api/channels/sms/webhook",
+                                    "http://127.0.0.1:8080/api/channels/sms/webhook?x=1",
+                                    "http://127.0.0.1/api/channels/sms/webhook"])
+@pytest.mark.parametrize("signed", ["https://bot.example.com/api/channels/sms/webhook",
+                                    "https://bot.example.com:443/api/channels/sms/webhook",
+                                    "http://127.0.0.1:8080/api/channels/sms/webhook?x=1",
+                                    "http://127.0.0.1/api/channels/sms/webhook",
+                                    "https://evil.example.com/api/channels/sms/webhook"])
+def test_one_hmac_signature_check_agrees_with_the_sdk(called, signed):
+    from twilio.request_validator import RequestValidator
+
+    from sophon_sms_twilio.webhook import Form, signature_matches
+
+    token = "12345678901234567890123456789012"
+    form = Form({"From": ["+15551230001"], "To": ["+15005550006"], "Body": ["hi"], "MessageSid": ["SM1"]})
+    validator = RequestValidator(token)
+    signature = validator.compute_signature(signed, form)
+    assert signature_matches(token, called, form, signature) is validator.validate(called, form, signature)
+    assert signature_matches("another-token-0000000000000000000", called, form, signature) is False
