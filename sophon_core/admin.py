@@ -84,13 +84,15 @@ def _read(path: Path) -> str | None:
 
 class AdminGuard:
     """Falcon middleware: resources with ``admin = True`` need the bearer token;
-    state-changing requests must also come from this origin when a browser says
-    where they come from."""
+    state-changing requests must also come from this origin (the ``Host`` the request
+    names, or ``SOPHON_PUBLIC_URL``'s host) when a browser says where they come from."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, public_url: str | None = None):
         if not token.strip():
             raise AdminTokenError("the admin token is empty")
         self._token = token.strip().encode()
+        # Behind a proxy that rewrites Host, the browser's Origin is the public host.
+        self._public_host = urlsplit(public_url).netloc.lower() if public_url else None
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         if not getattr(resource, "admin", False) or req.method == "OPTIONS":
@@ -105,7 +107,7 @@ class AdminGuard:
                 challenges=["Bearer"])
         origin = req.get_header("Origin")
         if req.method not in ("GET", "HEAD") and origin and origin != "null":
-            if urlsplit(origin).netloc.lower() != req.netloc.lower():
+            if urlsplit(origin).netloc.lower() not in (req.netloc.lower(), self._public_host):
                 raise falcon.HTTPForbidden(title="cross-origin request refused",
                                            description=f"requests that change channels must come from "
                                                        f"this server's own pages, not {origin}")

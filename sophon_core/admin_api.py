@@ -51,7 +51,7 @@ class _Admin:
     def done(self, resp: falcon.Response, channel, status=falcon.HTTP_200) -> None:
         self.runtime.reload_if_changed(every=0)
         resp.status = status
-        resp.media = manage.view(channel, self.runtime.types)
+        resp.media = manage.view(channel, self.runtime.types, self.runtime.settings)
 
 
 class ChannelTypes(_Admin):
@@ -73,7 +73,7 @@ class Channels(_Admin):
 
     def on_get(self, req, resp):
         cfg = self.fresh()
-        resp.media = {"channels": [manage.view(c, self.runtime.types) for c in cfg.channels],
+        resp.media = {"channels": [manage.view(c, self.runtime.types, self.runtime.settings) for c in cfg.channels],
                       "warnings": manage.problems_view(cfg.warnings)}
 
     def on_post(self, req, resp):
@@ -90,7 +90,7 @@ class Channel(_Admin):
         channel = self.fresh().get(channel_id)
         if channel is None:
             raise manage.NotFound(f"no channel {channel_id!r}")
-        resp.media = manage.view(channel, self.runtime.types)
+        resp.media = manage.view(channel, self.runtime.types, self.runtime.settings)
 
     def on_patch(self, req, resp, channel_id):
         self.done(resp, self.manager.update(channel_id, self.body(req)))
@@ -109,7 +109,7 @@ class Test(_Admin):
     def on_post(self, req, resp, channel_id):
         channel, result = self.manager.test(channel_id)
         self.runtime.reload_if_changed(every=0)
-        resp.media = {**manage.result_view(channel_id, result), "channel": manage.view(channel, self.runtime.types)}
+        resp.media = {**manage.result_view(channel_id, result), "channel": manage.view(channel, self.runtime.types, self.runtime.settings)}
 
 
 class Activate(_Admin):

@@ -34,7 +34,7 @@ def create_app(runtime: Runtime | None = None) -> falcon.App:
     if made:
         log.warning("created the admin token in %s (mode 0600); `sophon admin-token` prints it",
                     admin.token_file(runtime.settings))
-    app = falcon.App(middleware=[RuntimeContext(runtime), admin.AdminGuard(token)])
+    app = falcon.App(middleware=[RuntimeContext(runtime), admin.AdminGuard(token, runtime.settings.public_url)])
     app.req_options.auto_parse_form_urlencoded = False
     app.add_error_handler(WebhookRejected, handle_rejection)
     routes: dict[str, str] = {}

@@ -54,8 +54,10 @@ def edit(path: Path, change: Callable[[dict], Any], *, pm: pluggy.PluginManager,
                 "(file)", f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}")]) from None
         data = config_mod.normalize(data)
         change(data)
-        secrets.encrypt_plaintext(data, secret_fields(types), settings)
         cfg = config_mod.validate_data(data, types, pm, settings, source=str(path), agents=agents)
+        # Only a valid result is encrypted (and only then is a key file made) and written.
+        if secrets.encrypt_plaintext(data, secret_fields(types), settings):
+            cfg = config_mod.validate_data(data, types, pm, settings, source=str(path), agents=agents)
         write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         return cfg
 

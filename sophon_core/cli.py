@@ -161,8 +161,8 @@ def channels_list(as_json: bool) -> None:
     """List channels with type, number, state, status and routing."""
     from .manage import view
 
-    _, _, types, cfg = load_or_exit(None, as_json)
-    rows = [view(c, types) for c in cfg.channels]
+    settings, _, types, cfg = load_or_exit(None, as_json)
+    rows = [view(c, types, settings) for c in cfg.channels]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -238,7 +238,7 @@ def channels_add(channel_id: str, type_name: str, name: str | None, values: tupl
     except Conflict as exc:
         fail(str(exc), as_json)
     if as_json:
-        click.echo(json.dumps(view(channel, mgr.types), indent=2))
+        click.echo(json.dumps(view(channel, mgr.types, mgr.settings), indent=2))
         return
     state = "active" if channel.enabled else "disabled: test it with `sophon channels test " \
         f"{channel.id}`, then `sophon channels activate {channel.id}`"
@@ -349,7 +349,7 @@ def _change(channel_id: str, as_json: bool, done: str, op) -> None:
     except ConfigError as exc:
         _not_changed(exc, as_json)
     if as_json:
-        click.echo(json.dumps(view(channel, mgr.types) if channel is not None else {"id": channel_id, "removed": True},
+        click.echo(json.dumps(view(channel, mgr.types, mgr.settings) if channel is not None else {"id": channel_id, "removed": True},
                               indent=2))
         return
     click.echo(f"{channel_id}: {done} (running servers pick this up within about a second)")

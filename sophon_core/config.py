@@ -85,7 +85,7 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
         return f"channels[{index}]"
 
     for err in jsonschema.Draft202012Validator(_ENVELOPE).iter_errors(data):
-        p = list(err.absolute_path)
+        p = _error_path(err)
         if len(p) >= 2 and p[0] == "channels" and isinstance(p[1], int):
             problems.append(Problem(label(p[1]), _dotted(p[2:]), _message(err, {})))
         else:
@@ -112,7 +112,7 @@ def validate_data(data: Any, types: Mapping[str, ChannelType], pm: pluggy.Plugin
             continue
         config_errors = list(jsonschema.Draft202012Validator(ct.config_schema).iter_errors(config))
         for err in config_errors:
-            problems.append(Problem(cid, _dotted(["config", *err.absolute_path]),
+            problems.append(Problem(cid, _dotted(["config", *_error_path(err)]),
                                     _message(err, ct.config_schema)))
         if not config_errors:
             problems.extend(pm.hook.validate_config(channel_type=ctype, channel_id=cid, config=config,
@@ -213,7 +213,7 @@ def _scrub(problems: list[Problem], data: Any, types: Mapping[str, ChannelType],
            opened: Iterable[str] = ()) -> list[Problem]:
     """Belt and braces: replace any secret value (as in the file, and decrypted) by ``***``
     in every message, e.g. a token pasted into the wrong field."""
-    secrets = {s for s in opened if len(s) >= 4}
+    secrets = {s for s in opened if len(s) >= 6}
     for item in (data.get("channels") if isinstance(data, dict) else None) or ():
         config = item.get("config") if isinstance(item, dict) else None
         if not isinstance(config, dict):
@@ -221,7 +221,7 @@ def _scrub(problems: list[Problem], data: Any, types: Mapping[str, ChannelType],
         for ct in types.values():
             for name in ct.secret_fields:
                 value = config.get(name)
-                if isinstance(value, str) and len(value) >= 4:
+                if isinstance(value, str) and len(value) >= 6:
                     secrets.add(value)
     if not secrets:
         return problems
@@ -264,6 +264,17 @@ def _duplicates(channels: list[Channel], types: Mapping[str, ChannelType]) -> li
         else:
             claimed.setdefault(key, c.id)
     return problems
+
+
+def _error_path(err: jsonschema.ValidationError) -> list[Any]:
+    """Where the error is; a missing required field is reported at the field itself
+    (``config.authToken``), so forms can show it next to that field."""
+    path = list(err.absolute_path)
+    if err.validator == "required" and isinstance(err.instance, dict):
+        missing = next((n for n in err.validator_value if n not in err.instance), None)
+        if missing is not None:
+            path.append(missing)
+    return path
 
 
 def _dotted(path: Iterable[Any]) -> str:

@@ -102,6 +102,7 @@ class Manager:
                 if key == "config":
                     value = _object(value, "config")
                     config = item.setdefault("config", {})
+                    before = copy.deepcopy(config)
                     for name, v in value.items():
                         if name in secret and v in (None, ""):
                             continue
@@ -109,7 +110,8 @@ class Manager:
                             config.pop(name, None)
                         else:
                             config[name] = v
-                    item.pop("status", None)
+                    if config != before:  # the last test says nothing about the new config
+                        item.pop("status", None)
                 elif key == "routing":
                     routing = item.setdefault("routing", {})
                     for name, v in _object(value, "routing").items():
@@ -177,8 +179,21 @@ def status_of(channel: Channel) -> str:
     return channel.status or "not tested"
 
 
-def view(channel: Channel, types: Mapping[str, ChannelType]) -> dict:
-    """A channel as the API and ``--json`` show it: secrets replaced by whether they are set."""
+def webhook_url(channel: Channel, ct: ChannelType | None, settings: Settings | None) -> str | None:
+    """The URL to give the provider: the channel's own public URL field (see
+    ``ChannelType.public_url_field``), else ``SOPHON_PUBLIC_URL``, plus the webhook path."""
+    if ct is None:
+        return None
+    base = channel.config.get(ct.public_url_field) if ct.public_url_field else None
+    base = base if isinstance(base, str) and base else (settings.public_url if settings else None)
+    return base.rstrip("/") + ct.webhook_path if base else None
+
+
+def view(channel: Channel, types: Mapping[str, ChannelType], settings: Settings | None = None) -> dict:
+    """A channel as the API and ``--json`` show it: secrets replaced by whether they are set.
+
+    ``webhookUrl`` is null when no public base URL is configured (the dashboard then
+    shows its own address)."""
     ct = types.get(channel.type)
     secret = ct.secret_fields if ct else frozenset()
     return {
@@ -198,6 +213,7 @@ def view(channel: Channel, types: Mapping[str, ChannelType]) -> dict:
                    "inboundPerSenderPerHour": channel.limits.inbound_per_sender_per_hour,
                    "dailyOutboundUnits": channel.limits.daily_outbound_units},
         "webhookPath": ct.webhook_path if ct else None,
+        "webhookUrl": webhook_url(channel, ct, settings),
     }
 
 

@@ -31,6 +31,9 @@ class ChannelType:
     :param default_send_rate: units per second one address may send (SMS long
         code: 1 segment/s); a channel's ``limits.sendRate`` overrides it.
         ``None``: no pacing.
+    :param public_url_field: the ``config`` property (if any) holding a per-channel
+        public base URL that overrides ``SOPHON_PUBLIC_URL`` (SMS: ``publicUrl``); the
+        dashboard and API show ``<base><webhook_path>`` as the URL to give the provider.
     :param routes: extra Falcon routes, ``{path: resource}`` (e.g. a delivery status
         callback); the core mounts them next to the webhook and refuses to start if a
         path is already taken. Resources find the runtime in ``req.context.runtime``.
@@ -43,6 +46,7 @@ class ChannelType:
     max_text_length: int | None = None
     count_units: Callable[[str], int] | None = None
     default_send_rate: float | None = None
+    public_url_field: str | None = None
     routes: Mapping[str, Any] = field(default_factory=dict)
 
     def units(self, text: str) -> int:

@@ -109,7 +109,9 @@ def document() -> dict:
                                 "description": "secret field -> whether a value is stored"},
                     "routing": {"$ref": "#/components/schemas/Routing"},
                     "access": {"type": "object"}, "limits": {"type": "object"},
-                    "webhookPath": {"type": ["string", "null"]}}},
+                    "webhookPath": {"type": ["string", "null"]},
+                    "webhookUrl": {"type": ["string", "null"],
+                                   "description": "the URL to give the provider; null without a public base URL"}}},
                 "NewChannel": {"type": "object", "required": ["id", "type", "config"], "properties": {
                     "id": {"type": "string"}, "type": {"type": "string"}, "name": {"type": "string"},
                     "enabled": {"type": "boolean", "default": False}, "config": {"type": "object"},

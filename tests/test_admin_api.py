@@ -209,3 +209,17 @@ def test_a_generated_admin_token_is_stored_private(make_runtime):
     # A second app (another worker) uses the same token.
     again = falcon.testing.TestClient(create_app(rt))
     assert again.simulate_get("/api/channels", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_behind_a_proxy_the_public_origin_may_change_things(make_runtime):
+    rt = make_runtime([dummy_channel()], env={"SOPHON_ADMIN_TOKEN": ADMIN,
+                                              "SOPHON_PUBLIC_URL": "https://bot.example.com"})
+    client = falcon.testing.TestClient(create_app(rt))
+    public = client.simulate_post("/api/channels/d1/deactivate",
+                                  headers={**AUTH, "Origin": "https://bot.example.com", "Host": "10.0.0.5:8080"})
+    assert public.status_code == 200
+    other = client.simulate_post("/api/channels/d1/activate",
+                                 headers={**AUTH, "Origin": "https://evil.example", "Host": "10.0.0.5:8080"})
+    assert other.status_code == 403
+    got = client.simulate_get("/api/channels/d1", headers=AUTH).json
+    assert (got["enabled"], got["webhookUrl"]) == (False, "https://bot.example.com/api/channels/dummy/webhook")

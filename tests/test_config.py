@@ -52,7 +52,7 @@ def test_every_problem_is_reported_at_once(env):
     ]})
     assert "a: config.address: 'bob' is not a dummy address (example: dummy:bob)" in got
     assert "b: type: unknown channel type 'nope' (installed: dummy); install its plugin or fix the type" in got
-    assert "c: config: missing required field 'token' (shared secret)" in got
+    assert "c: config.token: missing required field 'token' (shared secret)" in got
     assert any(p.startswith("c: routing.dmBehavior: 'group' is not one of: main-session, per-peer") for p in got)
     assert any(p.startswith("a: config: unknown field(s) 'extra'") for p in got)
     assert "a: id: 2 channels share the id 'a'; ids must be unique" in got
@@ -89,7 +89,7 @@ def test_secret_values_never_appear_in_errors(env):
 def test_envelope_errors_name_the_channel_or_index(env):
     got = problems(env, {"channels": [{"type": "dummy", "config": {}}, {"id": "bad id!", "type": "dummy",
                                                                         "config": {"address": "dummy:a", "token": "12345678"}}]})
-    assert "channels[0]: missing required field 'id' (Unique id of the channel, e.g. sms-twilio)" in got
+    assert "channels[0]: id: missing required field 'id' (Unique id of the channel, e.g. sms-twilio)" in got
     assert any(p.startswith("bad id!: id: 'bad id!' is not a valid id") for p in got)
 
 
@@ -107,7 +107,7 @@ def test_file_errors(tmp_path, env):
     with pytest.raises(ConfigError) as info:
         config_mod.load_file(top, types, pm, settings)
     assert [str(p) for p in info.value.problems] == [
-        "(file): missing required field 'channels'",
+        "(file): channels: missing required field 'channels'",
         "(file): unknown field(s) 'chanels' (allowed: $schema, channels)"]
 
 

@@ -24,11 +24,17 @@ SCHEMA = {
     "required": ["address", "token"],
     "additionalProperties": False,
     "properties": {
-        "address": {"type": "string", "pattern": "^dummy:[a-z]+$", "description": "dummy address",
+        "address": {"title": "Address", "type": "string", "pattern": "^dummy:[a-z]+$",
+                    "description": "dummy address",
                     "x-errorMessage": "is not a dummy address (example: dummy:bob)"},
-        "token": {"type": "string", "minLength": 8, "writeOnly": True, "description": "shared secret"},
+        "token": {"title": "Shared token", "type": "string", "minLength": 8, "writeOnly": True,
+                  "description": "shared secret"},
         "failWith": {"type": "string", "enum": ["none", "permanent", "transient"],
                      "description": "make send fail (tests)"},
+        # optional, for the dashboard's generated form: a number and a checkbox
+        "retries": {"title": "Retries", "type": "integer", "minimum": 0, "maximum": 9,
+                    "description": "how often to retry (unused)"},
+        "loud": {"title": "Loud", "type": "boolean", "description": "shout (unused)"},
     },
 }
 

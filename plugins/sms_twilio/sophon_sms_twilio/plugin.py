@@ -36,7 +36,7 @@ class SmsTwilioPlugin:
     def sophon_channel_types(self):
         return [ChannelType(name=TYPE, display_name="SMS (Twilio)", config_schema=CONFIG_SCHEMA,
                             address_field="phoneNumber", max_text_length=MAX_BODY,
-                            count_units=count_segments, default_send_rate=1.0,
+                            count_units=count_segments, default_send_rate=1.0, public_url_field="publicUrl",
                             routes={webhook.STATUS_PATH: webhook.StatusCallback()})]
 
     @hookimpl

@@ -1,0 +1,129 @@
+"""The benchmark's smoke mode (``bench/run --smoke``): correctness only, never speed.
+
+Runs every section of the benchmark for about a second each on loopback (the
+Twilio sandbox, real gunicorn processes, wrk replaying pre-signed webhooks) and
+checks what must hold whatever the machine: every request was answered 200,
+every acknowledged message was stored and answered exactly once, the JSON has
+every section with numbers in it, and pacing never let out more than the rate.
+wrk is installed by the benchmark's own code path (apt-get) when missing; if it
+cannot be, the benchmark exits with a message saying so, and this test fails.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+RUN = REPO / "bench" / "run"
+SECTIONS = {"ack", "slow", "e2e", "pacing", "scale", "history", "rss"}
+
+
+def number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_point(p: dict) -> None:
+    where = f"{p['label']} ({p['connections']} connections)"
+    assert p["ok"] is True, where
+    assert p["requests"] > 0, where
+    assert p["statuses"] == {"200": p["requests"]}, f"{where}: every request answered 200: {p['statuses']}"
+    assert p["non_2xx"] == 0 and not any(p["socket_errors"].values()), where
+    assert p["wrapped"] is False, f"{where}: a MessageSid was sent twice"
+    for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "seconds"):
+        assert number(p[key]) and p[key] > 0, (where, key, p[key])
+    assert p["p50_ms"] <= p["p99_ms"] <= p["max_ms"] * 1.01, where
+    if p["server"] == "sophon":
+        # every acknowledged webhook is stored, once, and only what wrk sent
+        assert p["verified"] is True, where
+        assert p["inbound_acknowledged_200"] == p["requests"] <= p["inbound_stored"] <= p["sent"], where
+        assert p["stored_twice"] == 0 and p["stored_never_sent"] == 0, where
+        if p["agent"] == "default":  # drained: every stored message answered exactly once
+            assert p["replies_accepted"] == p["inbound_stored"], where
+            assert p["unanswered"] == p["answered_twice"] == p["replies_to_unknown_messages"] == 0, where
+
+
+def test_bench_smoke_is_correct(tmp_path):
+    out = tmp_path / "smoke.json"
+    venv = Path(sys.prefix)
+    if (venv / ".installed").exists():  # the venv ./dev made: go through bench/run itself
+        cmd = [str(RUN), "--smoke", "--out", str(out)]
+    else:
+        cmd = [sys.executable, str(REPO / "bench" / "sophon_bench.py"), "--smoke", "--out", str(out)]
+    run = subprocess.run(cmd, env={**os.environ, "SOPHON_VENV": str(venv)}, check=False, capture_output=True, text=True,
+                         timeout=600, cwd=REPO)
+    assert run.returncode == 0, f"bench/run --smoke failed ({run.returncode}):\n{run.stdout[-4000:]}\n" \
+                                f"{run.stderr[-6000:]}"
+    data = json.loads(out.read_text())
+    assert data["mode"] == "smoke"
+    assert data["ok"] is True and data["flags"] == [], data["flags"]
+    assert set(data["sections"]) == SECTIONS
+    for name, section in data["sections"].items():
+        assert section["ok"] is True, name
+    s = data["sections"]
+    assert data["settings"]["access_log"] == "off for every server"
+
+    # 1. ack: all four servers, every point correct, ratios are numbers
+    ack = s["ack"]
+    assert {(p["server"], p.get("sync")) for p in ack["points"]} == {
+        ("floor", None), ("quickstart", None), ("sophon", "FULL"), ("sophon", "NORMAL")}
+    for p in ack["points"]:
+        check_point(p)
+    for row in ack["ratios"]:
+        for key in ("FULL_vs_quickstart_rps", "FULL_vs_floor_rps", "NORMAL_vs_quickstart_rps", "NORMAL_vs_floor_rps"):
+            assert number(row[key]) and row[key] > 0, key
+
+    # 2. slow agent: acks answered while the agent works; its replies come after its time
+    slow = s["slow"]
+    assert [p["agent"] for p in slow["points"]] == ["default", "slow20"]
+    for p in slow["points"]:
+        check_point(p)
+    assert number(slow["p99_ratio_slow_vs_default"]) and slow["p99_ratio_slow_vs_default"] > 0
+    assert slow["slow_agent_calls_in_flight_at_end"] > 0
+    assert slow["slow_reply_delay_s"] >= slow["agent_seconds"]
+    assert slow["max_ms_slow"] < 15000
+
+    # 3. end to end: every acknowledged message stored and answered exactly once
+    e2e = s["e2e"]
+    check_point(e2e["point"])
+    assert e2e["inbound_stored"] == e2e["replies_accepted"] > 0
+    assert e2e["unanswered"] == e2e["answered_twice"] == e2e["replies_to_unknown_messages"] == 0
+    assert number(e2e["e2e_msgs_per_s"]) and e2e["e2e_msgs_per_s"] > 0
+
+    # 3b. pacing: never more than rate x window + 1 in the window, and a backlog was left waiting
+    for key, numbers in (("one_number", 1), ("three_numbers", 3)):
+        pacing = s["pacing"][key]
+        assert pacing["numbers"] == numbers == len(pacing["per_number"])
+        assert pacing["webhook_statuses"] == {"200": pacing["backlog_per_number"] * numbers}
+        assert pacing["jobs_left_at_end"] > 0  # the pacer, not the supply of messages, set the pace
+        window, rate = pacing["window_s"], pacing["rate_limit_per_number"]
+        for n in pacing["per_number"]:
+            assert 1 <= n["sent_in_window"] <= n["segments_in_window"] <= window * rate + 1, n
+            assert number(n["rate_per_s"])
+
+    # 4. workers and store history
+    assert [p["workers"] for p in s["scale"]["points"]] == [1, 2]
+    for p in s["scale"]["points"]:
+        check_point(p)
+    history = s["history"]
+    for name in ("empty", "prefilled"):
+        check_point(history[name]["point"])
+        assert history[name]["store_bytes_at_end"] > 0
+    assert history["prefilled"]["prefill"]["prefill_inbound"] == history["stored_inbound_messages"] > 0
+    assert history["prefilled"]["store_bytes_at_end"] > history["empty"]["store_bytes_at_end"]
+    assert number(history["rps_ratio_prefilled_vs_empty"])
+
+    # 5. peak RSS of every worker of every run
+    samples = s["rss"]["samples"]
+    assert {r["kind"] for r in samples} == {"floor", "quickstart", "sophon"}
+    for r in samples:
+        assert len(r["worker_vmhwm_mb"]) == r["workers"] and all(number(v) and v > 0 for v in r["worker_vmhwm_mb"])
+
+    # the table was printed
+    assert "1. Webhook acknowledgement" in run.stdout and str(out) in run.stdout
