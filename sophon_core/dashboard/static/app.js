@@ -330,11 +330,8 @@
     function fieldFor(problem) {
       const path = String(problem.path || "");
       if (fields.has(path)) return path;
-      let m = /^(config|routing|access|limits)\.([^.[]+)/.exec(path);
+      const m = /^(config|routing|access|limits)\.([^.[]+)/.exec(path);
       if (m && fields.has(m[1] + "." + m[2])) return m[1] + "." + m[2];
-      // a missing required field is reported on its parent object
-      m = /^missing required field '([^']+)'/.exec(problem.message || "");
-      if (m && fields.has((path ? path + "." : "") + m[1])) return (path ? path + "." : "") + m[1];
       return null;
     }
 
