@@ -264,7 +264,8 @@ class Store:
     def renew(self, jobs: Iterable[Job], lease: float) -> list[int]:
         """Extend the leases of ``jobs`` (those a live runner is working on).
 
-        :return: ids of jobs whose lease was lost (claimed by someone else meanwhile).
+        :return: ids of jobs whose lease was lost (claimed by someone else meanwhile). A job
+            its runner finished (or put back for a retry) since the caller listed it is not lost.
         """
         lost = []
         with self._write() as db:
@@ -272,7 +273,9 @@ class Store:
             for job in jobs:
                 if db.execute("UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_token = ?"
                               " AND state = 'running'", (until, job.id, job.token)).rowcount != 1:
-                    lost.append(job.id)
+                    row = db.execute("SELECT lease_token FROM jobs WHERE id = ?", (job.id,)).fetchone()
+                    if row is None or row[0] != job.token:
+                        lost.append(job.id)
         return lost
 
     @staticmethod

@@ -94,6 +94,17 @@ def test_an_expired_lease_is_claimed_again_and_the_old_runner_is_fenced_off(tmp_
     assert store.begin_part(again, part, 1, 100) == "ok"
 
 
+def test_renewing_a_job_its_runner_just_finished_is_not_a_lost_lease(tmp_path):
+    """The heartbeat lists the jobs in hand, then renews them; one may finish in between."""
+    store = Store(tmp_path / "s.db")
+    store.accept_inbound(msg("m1"), "s")
+    store.accept_inbound(msg("m2"), "t")
+    done, retried = store.claim("w", 30), store.claim("w", 30)
+    store.complete(done)
+    store.retry_later(retried, time.time() + 60, "temporary")
+    assert store.renew([done, retried], lease=30) == []
+
+
 def test_retry_later_holds_the_job_until_due_and_remembers_the_first_failure(tmp_path):
     store = Store(tmp_path / "s.db")
     store.accept_inbound(msg("m1"), "s")
