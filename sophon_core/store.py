@@ -99,6 +99,8 @@ CREATE TABLE IF NOT EXISTS pacing (
 );
 
 CREATE INDEX IF NOT EXISTS messages_by_provider_id ON messages (provider_id) WHERE direction = 'out';
+-- the per-sender hourly limit counts a sender's recent messages on every webhook
+CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (channel_id, peer, created_at) WHERE direction = 'in';
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state, not_before) WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_key, id) WHERE state IN ('queued', 'running');
 """

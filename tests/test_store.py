@@ -228,3 +228,21 @@ def test_consent_keywords_and_rate_limited_messages_are_not_history(tmp_path):
     store.complete(first)
     last = store.claim("w", 30)
     assert [t.text for t in store.history("s", current_id=last.inbound_id)] == ["real"]
+
+
+def test_the_queries_of_every_webhook_and_reply_use_indexes(tmp_path):
+    """No full scan of the message log on the hot path: it must not slow down as history grows."""
+    store = Store(tmp_path / "s.db")
+    db = store._conn()
+
+    def plan(sql, params):
+        return " | ".join(row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+    hourly = plan("SELECT COUNT(*) FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
+                  " AND created_at >= ?", ("c", "+1555", 0.0))
+    assert "messages_by_sender" in hourly, hourly
+    history = plan("SELECT direction, text FROM messages WHERE session_key = ? AND COALESCE(reply_to, id) < ?"
+                   " ORDER BY COALESCE(reply_to, id) DESC, id DESC LIMIT 20", ("s", 10))
+    assert "messages_by_turn" in history, history
+    status = plan("SELECT id FROM messages WHERE provider_id = ? AND direction = 'out'", ("SM1",))
+    assert "messages_by_provider_id" in status, status
