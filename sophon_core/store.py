@@ -108,6 +108,20 @@ CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_key, id) WHERE state
 _OPEN = "('queued', 'running')"
 
 
+def _wal(db: sqlite3.Connection, tries: int = 100) -> None:
+    """Switch the file to WAL. Switching needs the file to itself, and SQLite answers
+    "database is locked" at once (no busy wait) when another process opens it at the
+    same moment, e.g. two gunicorn workers on a fresh data folder: try again."""
+    for attempt in range(tries):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.01 + 0.01 * attempt)
+
+
 class LeaseLost(Exception):
     """The job was claimed by another runner (our lease ran out): stop working on it."""
 
@@ -145,13 +159,16 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # Writers of this process queue here, in order, instead of in SQLite's busy handler
+        # (which sleeps 1, 2, 5 ... 100 ms between tries, first come not first served).
+        self._write_lock = threading.Lock()
         self._conn().executescript(_SCHEMA)  # idempotent; executescript commits by itself
 
     def _conn(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            _wal(db)
             # FULL: an acknowledged message survives power loss; NORMAL: process crashes only.
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.execute("PRAGMA busy_timeout=30000")
@@ -162,13 +179,14 @@ class Store:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once (no lock upgrade deadlocks between workers)."""
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     # --- inbound -------------------------------------------------------------------
 
