@@ -122,6 +122,15 @@ def _wal(db: sqlite3.Connection, tries: int = 100) -> None:
             time.sleep(0.01 + 0.01 * attempt)
 
 
+class _Pending:
+    """One ``accept_inbound`` call waiting to be committed (see ``Store._commit_batch``)."""
+
+    __slots__ = ("args", "done", "result", "error")
+
+    def __init__(self, args: tuple):
+        self.args, self.done, self.result, self.error = args, False, None, None
+
+
 class LeaseLost(Exception):
     """The job was claimed by another runner (our lease ran out): stop working on it."""
 
@@ -162,6 +171,8 @@ class Store:
         # Writers of this process queue here, in order, instead of in SQLite's busy handler
         # (which sleeps 1, 2, 5 ... 100 ms between tries, first come not first served).
         self._write_lock = threading.Lock()
+        self._pending: list[_Pending] = []  # accepts waiting for the next group commit
+        self._pending_lock = threading.Lock()
         self._conn().executescript(_SCHEMA)  # idempotent; executescript commits by itself
 
     def _conn(self) -> sqlite3.Connection:
@@ -193,33 +204,79 @@ class Store:
     def accept_inbound(self, msg: InboundMessage, session_key: str, max_per_hour: int | None = None,
                        delivery_key: str | None = None) -> tuple[str, int | None]:
         """Store an inbound message once per (channel, provider message id), with its job
-        and today's usage, in one transaction.
+        and today's usage, committed before this returns.
+
+        Group commit: webhook threads of one process that arrive while another
+        transaction is committing are stored together in the next transaction (one
+        fsync for all, each under its own savepoint), and each returns only after
+        that commit. A failure of one message rolls back only that message.
 
         :param max_per_hour: when the sender already sent this many messages to the
             channel in the last hour, the message is stored as ``rate-limited``, no job.
         :param delivery_key: the webhook delivery's idempotency key, remembered with it.
         :return: ``("queued", row)``, ``("rate-limited", row)`` or ``("duplicate", None)``.
         """
+        item = _Pending((msg, session_key, max_per_hour, delivery_key))
+        with self._pending_lock:
+            self._pending.append(item)
+        with self._write_lock:
+            if not item.done:  # nobody took it along: commit it and whatever else is waiting
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit_batch(batch)
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _commit_batch(self, batch: list["_Pending"]) -> None:
+        """One transaction for every pending accept (caller holds ``_write_lock``)."""
+        db = self._conn()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                db.execute("SAVEPOINT one")
+                try:
+                    item.result = self._accept_one(db, *item.args)
+                    db.execute("RELEASE one")
+                except Exception as exc:
+                    db.execute("ROLLBACK TO one")
+                    db.execute("RELEASE one")
+                    item.error = exc
+            db.execute("COMMIT")
+        except BaseException as exc:  # the transaction itself failed: nothing of it is stored
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for item in batch:
+                item.result, item.error = None, exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+            for item in batch:
+                item.done = True
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for item in batch:
+            item.done = True
+
+    def _accept_one(self, db: sqlite3.Connection, msg: InboundMessage, session_key: str,
+                    max_per_hour: int | None, delivery_key: str | None) -> tuple[str, int | None]:
         now = time.time()
-        with self._write() as db:
-            limited = max_per_hour is not None and db.execute(
-                "SELECT COUNT(*) FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
-                " AND created_at >= ?", (msg.channel_id, msg.sender, now - 3600)).fetchone()[0] >= max_per_hour
-            row = self._insert_inbound(db, msg, session_key, "rate-limited" if limited else "received")
-            if delivery_key:
-                db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?)", (delivery_key, now))
-            if row is None:
-                return "duplicate", None
-            counters = {"messages_in": 1, "units_in": msg.units}
-            if limited:
-                self._add_usage(db, msg.channel_id, {**counters, "rate_limited": 1})
-                return "rate-limited", row
-            db.execute(
-                "INSERT INTO jobs (inbound_id, channel_id, session_key, state, not_before, payload,"
-                " created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (row, msg.channel_id, session_key, now, json.dumps(asdict(msg)), now, now))
-            self._add_usage(db, msg.channel_id, counters)
-            return "queued", row
+        limited = max_per_hour is not None and db.execute(
+            "SELECT COUNT(*) FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
+            " AND created_at >= ?", (msg.channel_id, msg.sender, now - 3600)).fetchone()[0] >= max_per_hour
+        row = self._insert_inbound(db, msg, session_key, "rate-limited" if limited else "received")
+        if delivery_key:
+            db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?)", (delivery_key, now))
+        if row is None:
+            return "duplicate", None
+        counters = {"messages_in": 1, "units_in": msg.units}
+        if limited:
+            self._add_usage(db, msg.channel_id, {**counters, "rate_limited": 1})
+            return "rate-limited", row
+        db.execute(
+            "INSERT INTO jobs (inbound_id, channel_id, session_key, state, not_before, payload,"
+            " created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+            (row, msg.channel_id, session_key, now, json.dumps(asdict(msg)), now, now))
+        self._add_usage(db, msg.channel_id, counters)
+        return "queued", row
 
     def record_consent(self, msg: InboundMessage, session_key: str) -> bool:
         """Store an opt-out / opt-in / help message and apply it, in one transaction.

@@ -268,3 +268,53 @@ def test_many_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):
             p.join(60)
         assert [p.exitcode for p in procs] == [0] * 6, f"round {round_}"
         assert len(Store(path).recent(100)) == 6
+
+
+def test_concurrent_accepts_are_committed_together_each_once_and_each_before_returning(tmp_path):
+    import threading
+
+    store = Store(tmp_path / "s.db")
+    results, errors, sizes = {}, [], []
+    start = threading.Barrier(16)
+    commit = store._commit_batch
+    store._commit_batch = lambda batch: (sizes.append(len(batch)), commit(batch))
+
+    def webhook(n):
+        start.wait(10)
+        for i in range(10):
+            sid = f"m{n}-{i}"
+            try:
+                results[sid] = store.accept_inbound(msg(sid), f"s{n}", delivery_key=f"k{sid}")
+                # Committed before it returned: another connection sees it at once.
+                seen = Store(tmp_path / "s.db")._conn().execute(
+                    "SELECT COUNT(*) FROM messages WHERE provider_id = ?", (sid,)).fetchone()[0]
+                assert seen == 1
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=webhook, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(results) == 160 and {r[0] for r in results.values()} == {"queued"}
+    assert len({r[1] for r in results.values()}) == 160  # distinct rows
+    assert store.job_states() == {"queued": 160}
+    assert sum(sizes) == 160 and max(sizes) > 1, sizes  # some were committed together
+    assert store.accept_inbound(msg("m3-3"), "s3") == ("duplicate", None)
+
+
+def test_a_failing_accept_in_a_group_commit_loses_only_itself(tmp_path):
+    store = Store(tmp_path / "s.db")
+    bad = msg("bad")
+    object.__setattr__(bad, "metadata", {"not": object()})  # cannot be stored as JSON
+    from sophon_core.store import _Pending
+
+    good, broken = _Pending((msg("good"), "s", None, None)), _Pending((bad, "t", None, None))
+    with store._write_lock:
+        store._commit_batch([good, broken])
+    assert good.result[0] == "queued" and good.error is None
+    assert isinstance(broken.error, TypeError) and broken.result is None
+    assert [m["provider_id"] for m in store.recent(10)] == ["good"]
+    assert store.job_states() == {"queued": 1}
