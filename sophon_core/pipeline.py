@@ -215,11 +215,10 @@ class Pipeline:
                 store.skip_job(job, "recipient opted out", "skipped_opted_out")
                 log.info("not answering %s on %s: they opted out", msg.sender, channel.id)
                 return
-            reply = job.reply
-            if reply is None:
+            reply, new = job.reply, job.reply is None
+            if new:
                 reply = msg.canned_reply if msg.canned_reply is not None else self._ask_agent(channel, job)
-                store.save_reply(job, reply)
-            self._send_parts(channel, job, reply)
+            self._send_parts(channel, job, reply, save_reply=new)
         except LeaseLost:
             raise
         except Exception as exc:  # a bug or a store failure, not a provider failure: try later
@@ -227,13 +226,16 @@ class Pipeline:
                           job.channel_id)
             self._retry_or_give_up(job, f"internal error: {type(exc).__name__}", None)
 
-    def _send_parts(self, channel: Channel, job: Job, reply: str) -> None:
+    def _send_parts(self, channel: Channel, job: Job, reply: str, save_reply: bool = False) -> None:
+        """Send the reply's parts in order; ``save_reply``: store the reply with the parts."""
         store, pm, settings = self.runtime.store, self.runtime.pm, self.runtime.settings
         ctype = self.runtime.types[channel.type]
         texts = split_text(reply, ctype.max_text_length) if ctype.max_text_length else [reply]
         peer = job.message.sender
         address = f"{channel.type}:{channel.address or channel.id}"
-        for part in store.parts(job, texts, peer):
+        parts = store.parts(job, texts, peer, reply=reply if save_reply else None)
+        finished = False
+        for part in parts:
             if part.status not in ("pending", "in-flight"):
                 continue  # accepted by the provider before (or failed for good)
             units = ctype.units(part.text)
@@ -266,23 +268,34 @@ class Pipeline:
             except Exception:
                 store.part_unsent(job, part, units, "internal error", status="in-flight")
                 raise
-            self._record_sent(job, part, sent)
+            # The last part's id and the job's end are one transaction.
+            finished = self._record_sent(job, part, sent, finish=part is parts[-1])
             metrics.OUTBOUND.labels(channel.id).inc()
             metrics.OUTBOUND_UNITS.labels(channel.id).inc(units)
-        store.complete(job)
+        if not finished:
+            store.complete(job)  # the last part went out before (a retry after a crash), or no part did
         log.info("replied to %s on %s (job %d)", peer, channel.id, job.id)
 
-    def _record_sent(self, job: Job, part, sent) -> None:
-        """The provider took the part: its id must reach the store, or a retry would resend it."""
+    def _record_sent(self, job: Job, part, sent, finish: bool = False) -> bool:
+        """The provider took the part: its id must reach the store, or a retry would resend it.
+
+        :param finish: the job's last part: end the job in the same transaction.
+        :return: True when the job was ended here.
+        :raises LeaseLost: ``finish`` and another runner has the job (the part is recorded).
+        """
         for attempt in range(6):
             try:
-                self.runtime.store.part_sent(job, part, sent.provider_message_id, sent.status or "sent")
-                return
+                ours = self.runtime.store.part_sent(job, part, sent.provider_message_id, sent.status or "sent",
+                                                    finish=finish)
+                break
             except Exception:
                 if attempt == 5:
                     raise
                 log.exception("recording %s failed; trying again", sent.provider_message_id)
                 time.sleep(0.5 * 2 ** attempt)
+        if not ours:
+            raise LeaseLost(f"job {job.id} was claimed by another runner")
+        return finish
 
     def _send_failed(self, channel: Channel, job: Job, part, units: int, exc: SendError, address: str) -> None:
         store, peer = self.runtime.store, job.message.sender

@@ -419,11 +419,17 @@ class Store:
 
     # --- outbound parts ------------------------------------------------------------
 
-    def parts(self, job: Job, texts: Sequence[str], peer: str) -> list[Part]:
-        """The job's outbound parts, recorded as ``pending`` the first time (before any send)."""
+    def parts(self, job: Job, texts: Sequence[str], peer: str, reply: str | None = None) -> list[Part]:
+        """The job's outbound parts, recorded as ``pending`` the first time (before any send).
+
+        :param reply: the agent's reply, saved with the parts in the same transaction
+            (instead of a ``save_reply`` of its own) when it was just made.
+        """
         now = time.time()
         with self._write() as db:
             self._own(db, job)
+            if reply is not None:
+                db.execute("UPDATE jobs SET reply = ?, updated_at = ? WHERE id = ?", (reply, now, job.id))
             for n, text in enumerate(texts):
                 db.execute(
                     "INSERT OR IGNORE INTO messages (channel_id, direction, peer, session_key, text,"
@@ -456,21 +462,37 @@ class Store:
                        (units, time.time(), part.id))
             return "ok"
 
-    def part_sent(self, job: Job, part: Part, provider_id: str, status: str) -> None:
+    def part_sent(self, job: Job, part: Part, provider_id: str, status: str, *, finish: bool = False) -> bool:
         """Record the provider's id (and any delivery report that arrived before it).
 
         Not fenced: the provider accepted the part, which must be recorded whatever happened.
+        :param finish: it was the job's last part: mark the job done in the same
+            transaction, if the job is still ours.
+        :return: False when ``finish`` was asked and the job is no longer ours.
         """
         with self._write() as db:
-            early = db.execute("SELECT status, error FROM early_status WHERE provider_id = ?",
-                               (provider_id,)).fetchone()
-            if early:
-                status, error = early
-                db.execute("DELETE FROM early_status WHERE provider_id = ?", (provider_id,))
-            else:
-                error = None
-            db.execute("UPDATE messages SET status = ?, provider_id = ?, error = ?, updated_at = ? WHERE id = ?",
-                       (status, provider_id, error, time.time(), part.id))
+            self._part_sent(db, part, provider_id, status)
+            if not finish:
+                return True
+            try:
+                self._own(db, job)
+            except LeaseLost:
+                return False  # another runner has the job now; the part is recorded all the same
+            db.execute("UPDATE jobs SET state = 'done', error = NULL, lease_owner = NULL, lease_until = NULL,"
+                       " updated_at = ? WHERE id = ?", (time.time(), job.id))
+            return True
+
+    @staticmethod
+    def _part_sent(db: sqlite3.Connection, part: Part, provider_id: str, status: str) -> None:
+        early = db.execute("SELECT status, error FROM early_status WHERE provider_id = ?",
+                           (provider_id,)).fetchone()
+        if early:
+            status, error = early
+            db.execute("DELETE FROM early_status WHERE provider_id = ?", (provider_id,))
+        else:
+            error = None
+        db.execute("UPDATE messages SET status = ?, provider_id = ?, error = ?, updated_at = ? WHERE id = ?",
+                   (status, provider_id, error, time.time(), part.id))
 
     def part_unsent(self, job: Job, part: Part, units: int, error: str, *, status: str = "pending") -> None:
         """The provider did not take the part: give the reserved units back.

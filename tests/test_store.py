@@ -318,3 +318,24 @@ def test_a_failing_accept_in_a_group_commit_loses_only_itself(tmp_path):
     assert isinstance(broken.error, TypeError) and broken.result is None
     assert [m["provider_id"] for m in store.recent(10)] == ["good"]
     assert store.job_states() == {"queued": 1}
+
+
+def test_the_last_parts_id_and_the_jobs_end_are_one_transaction(tmp_path):
+    store = Store(tmp_path / "s.db")
+    store.accept_inbound(msg("m1"), "s")
+    job = store.claim("w", 30)
+    (part,) = store.parts(job, ["answer"], "+1555", reply="answer")
+    assert store.begin_part(job, part, 1, 100) == "ok"
+    assert store.part_sent(job, part, "SM1", "queued", finish=True) is True
+    assert store.job_states() == {"done": 1}
+    assert store.recent(1)[0]["provider_id"] == "SM1"
+    # A runner whose lease was taken: the part is recorded, the job is not ended by it.
+    store.accept_inbound(msg("m2"), "t")
+    stale = store.claim("dead", lease=0.1)
+    (part2,) = store.parts(stale, ["late"], "+1555", reply="late")
+    time.sleep(0.2)
+    live = store.claim("live", 30)
+    assert live.reply == "late"  # the reply was saved with the parts
+    assert store.part_sent(stale, part2, "SM2", "queued", finish=True) is False
+    assert store.recent(1)[0]["provider_id"] == "SM2"
+    assert store.job_states() == {"done": 1, "running": 1}
