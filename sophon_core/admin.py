@@ -8,9 +8,7 @@ cannot make a browser send the header, so cross-site requests change nothing.
 """
 from __future__ import annotations
 
-import contextlib
 import hmac
-import os
 import secrets as _random
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,6 +16,7 @@ from urllib.parse import urlsplit
 import falcon
 
 from .errors import SophonError
+from .files import create_private
 from .settings import Settings
 
 ENV = "SOPHON_ADMIN_TOKEN"
@@ -45,26 +44,14 @@ def ensure_token(settings: Settings) -> tuple[str, bool]:
     existing = _read(path)
     if existing is not None:
         return existing, False
-    path.parent.mkdir(parents=True, exist_ok=True)
     made = _random.token_urlsafe(32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_random.token_hex(4)}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(made + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:  # another process made it first: use theirs
+        if not create_private(path, made + "\n"):  # another process made it first: use theirs
             existing = _read(path)
             assert existing is not None
             return existing, False
     except OSError as exc:
         raise AdminTokenError(f"cannot create the admin token file {path}: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return made, True
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -21,6 +19,7 @@ import pluggy
 
 from . import config as config_mod
 from . import secrets
+from .files import write_atomic
 from .errors import ConfigError, Problem
 from .models import ChannelType
 from .settings import Settings
@@ -62,28 +61,6 @@ def edit(path: Path, change: Callable[[dict], Any], *, pm: pluggy.PluginManager,
         return cfg
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync it, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def find(data: dict, channel_id: str) -> dict:
     for item in data.get("channels", []):
         if isinstance(item, dict) and item.get("id") == channel_id:
@@ -123,18 +100,18 @@ def rotate_key(path: Path, *, pm: pluggy.PluginManager, types: Mapping[str, Chan
             key_path = secrets.key_file(settings)
             fresh = secrets.new_key()
             new = secrets.Keyring([fresh], str(key_path))
-            secrets.write_key_file(key_path, [fresh] + (old.keys if old else []))
+            secrets.write_keys(key_path, [fresh] + (old.keys if old else []))
         data = config_mod.normalize(json.loads(path.read_text(encoding="utf-8")))
         both = secrets.Keyring((old.keys if old else []) + new.keys, "the old and new keys")
         try:
             count = secrets.reencrypt(data, secret_fields(types), both, new)
         except secrets.InvalidToken:
             if key_path is not None and old is not None:
-                secrets.write_key_file(key_path, old.keys)
+                secrets.write_keys(key_path, old.keys)
             raise secrets.SecretKeyError(f"a secret in {path} cannot be decrypted with the key from "
                                          f"{old.source if old else 'nowhere'}; nothing was changed") from None
         config_mod.validate_data(data, types, pm, settings, source=str(path), agents=agents)
         write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         if key_path is not None:
-            secrets.write_key_file(key_path, [new.keys[0]])
+            secrets.write_keys(key_path, [new.keys[0]])
         return count, new.source

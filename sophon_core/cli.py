@@ -485,7 +485,7 @@ def schema(target: str | None) -> None:
     if target is None:
         click.echo(text, nl=False)
         return
-    from .channels_file import write_atomic
+    from .files import write_atomic
 
     write_atomic(Path(target), text)
     click.echo(f"wrote {target} ({', '.join(sorted(types)) or 'no'} channel types)")

@@ -9,14 +9,13 @@ hand-edited file is accepted and encrypted the next time Sophon writes the file.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from .errors import SophonError
+from .files import create_private, write_atomic
 from .settings import Settings
 
 PREFIX = "enc:v1:"
@@ -68,15 +67,7 @@ class Keyring:
             pass
         if not create:
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return cls(_read_keys(path), str(path))
-        with os.fdopen(fd, "w") as out:
-            out.write(new_key() + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+        create_private(path, new_key() + "\n")  # or another process made it first: use theirs
         return cls(_read_keys(path), str(path))
 
     def encrypt(self, plaintext: str) -> str:
@@ -97,21 +88,10 @@ def _read_keys(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def write_key_file(path: Path, keys: list[str]) -> None:
+def write_keys(path: Path, keys: list[str]) -> None:
     """Replace the key file atomically, mode 0600 from the first byte."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write("".join(k + "\n" for k in keys))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, "".join(k + "\n" for k in keys), mode=0o600)
 
 
 def secret_values(data: Any, secret_fields: Mapping[str, frozenset[str]]) -> Iterator[tuple[dict, str, str]]:
@@ -156,4 +136,4 @@ def reencrypt(data: Any, secret_fields: Mapping[str, frozenset[str]], old: Keyri
 
 
 __all__ = ["PREFIX", "ENV", "Keyring", "SecretKeyError", "InvalidToken", "is_encrypted", "key_file",
-           "new_key", "write_key_file", "secret_values", "encrypt_plaintext", "reencrypt"]
+           "new_key", "write_keys", "secret_values", "encrypt_plaintext", "reencrypt"]
