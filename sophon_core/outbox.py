@@ -17,7 +17,7 @@ import pluggy
 
 from .errors import SendError, SophonError
 from .models import Channel, ChannelType, OutboundMessage
-from .pipeline import backoff, session_for
+from .pipeline import backoff, pace, session_for
 from .settings import Settings
 from .store import Store
 from .textsplit import split_text
@@ -53,15 +53,10 @@ class Outbox:
         ctype = self.types[channel.type]
         texts = split_text(text, ctype.max_text_length) if ctype.max_text_length else [text]
         session = session_for(channel, to)
-        address = f"{channel.type}:{channel.address or channel.id}"
-        rate = channel.limits.send_rate or ctype.default_send_rate
         sent: list[dict] = []
         for n, part_text in enumerate(texts):
             units = ctype.units(part_text)
-            if rate:
-                delay = self.store.reserve_send_slot(address, units, rate) - time.time()
-                if delay > 0:
-                    time.sleep(delay)
+            pace(self.store, channel, ctype, units)
             verdict, part = self.store.begin_direct(channel.id, to, session, part_text, units,
                                                     channel.limits.daily_outbound_units)
             if verdict == "opted_out":

@@ -232,14 +232,14 @@ class Pipeline:
         ctype = self.runtime.types[channel.type]
         texts = split_text(reply, ctype.max_text_length) if ctype.max_text_length else [reply]
         peer = job.message.sender
-        address = f"{channel.type}:{channel.address or channel.id}"
+        address = pacing_address(channel)
         parts = store.parts(job, texts, peer, reply=reply if save_reply else None)
         finished = False
         for part in parts:
             if part.status not in ("pending", "in-flight"):
                 continue  # accepted by the provider before (or failed for good)
             units = ctype.units(part.text)
-            self._pace(channel, ctype, address, units)
+            pace(store, channel, ctype, units)
             verdict = store.begin_part(job, part, units, channel.limits.daily_outbound_units)
             if verdict == "opted_out":
                 store.skip_job(job, "recipient opted out", "skipped_opted_out")
@@ -313,15 +313,6 @@ class Pipeline:
             store.defer_address(address, time.time() + exc.retry_after)
         self._retry_or_give_up(job, str(exc), exc.retry_after)
 
-    def _pace(self, channel: Channel, ctype, address: str, units: int) -> None:
-        """Wait for this address's next send slot (shared by every worker through the store)."""
-        rate = channel.limits.send_rate or ctype.default_send_rate
-        if not rate:
-            return
-        delay = self.runtime.store.reserve_send_slot(address, units, rate) - time.time()
-        if delay > 0:
-            time.sleep(delay)
-
     def _retry_or_give_up(self, job: Job, error: str, retry_after: float | None) -> None:
         settings, store = self.runtime.settings, self.runtime.store
         now = time.time()
@@ -380,6 +371,22 @@ class Pipeline:
                       msg.provider_message_id)
             return APOLOGY
         return reply
+
+
+def pacing_address(channel: Channel) -> str:
+    """What a send rate applies to: the channel's address (its number), per type."""
+    return f"{channel.type}:{channel.address or channel.id}"
+
+
+def pace(store, channel: Channel, ctype, units: int) -> None:
+    """Wait for the channel's address's next send slot, shared by every process through the store
+    (``limits.sendRate``, else the type's default; no rate: no wait)."""
+    rate = channel.limits.send_rate or ctype.default_send_rate
+    if not rate:
+        return
+    delay = store.reserve_send_slot(pacing_address(channel), units, rate) - time.time()
+    if delay > 0:
+        time.sleep(delay)
 
 
 # How far along a provider message is; a status only ever moves to a higher rank.
