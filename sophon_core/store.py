@@ -361,11 +361,6 @@ class Store:
                       (job.id, job.token)).fetchone() is None:
             raise LeaseLost(f"job {job.id} was claimed by another runner")
 
-    def save_reply(self, job: Job, reply: str) -> None:
-        with self._write() as db:
-            self._own(db, job)
-            db.execute("UPDATE jobs SET reply = ?, updated_at = ? WHERE id = ?", (reply, time.time(), job.id))
-
     def complete(self, job: Job) -> None:
         self._finish(job, "done", None)
 
@@ -422,8 +417,8 @@ class Store:
     def parts(self, job: Job, texts: Sequence[str], peer: str, reply: str | None = None) -> list[Part]:
         """The job's outbound parts, recorded as ``pending`` the first time (before any send).
 
-        :param reply: the agent's reply, saved with the parts in the same transaction
-            (instead of a ``save_reply`` of its own) when it was just made.
+        :param reply: the agent's reply, saved with the parts in the same transaction,
+            when it was just made.
         """
         now = time.time()
         with self._write() as db:

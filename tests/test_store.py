@@ -86,7 +86,7 @@ def test_an_expired_lease_is_claimed_again_and_the_old_runner_is_fenced_off(tmp_
     # the first runner wakes up: every change it tries is refused
     (part,) = store.parts(again, ["reply"], "+1555")
     for attempt in (lambda: store.begin_part(stale, part, 1, 100), lambda: store.complete(stale),
-                    lambda: store.retry_later(stale, time.time(), "x"), lambda: store.save_reply(stale, "r"),
+                    lambda: store.retry_later(stale, time.time(), "x"), lambda: store.parts(stale, ["x"], "+1555", reply="r"),
                     lambda: store.parts(stale, ["x"], "+1555")):
         with pytest.raises(LeaseLost):
             attempt()
