@@ -7,10 +7,11 @@ the whole worker and of its request threads. Loopback only. py-spy is installed
 into the venv with pip when missing (benchmark only).
 
     .venv/bin/python bench/profile_ack.py [--agent default|slow20] [--sync FULL|NORMAL]
-        [--workers 1] [--connections 16] [--seconds 15] [--prefill 100000] [--idle]
+        [--workers 1] [--connections 16] [--threads 16] [--seconds 15] [--prefill 100000] [--idle | --gil]
 
 ``--idle`` samples waiting threads too (wall clock: lock and fsync waits show up);
-without it only threads on the CPU are sampled.
+without it only threads py-spy sees running are sampled (threads waiting for the
+GIL count as running); ``--gil`` keeps only the thread holding the GIL.
 """
 from __future__ import annotations
 
@@ -79,7 +80,11 @@ def main() -> int:
     ap.add_argument("--prefill", type=int, default=0, help="answered messages written into the store first")
     ap.add_argument("--idle", action="store_true", help="sample waiting threads too (wall clock)")
     ap.add_argument("--native", action="store_true", help="native frames too (SQLite's C code, the GIL)")
+    ap.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL (where the "
+                    "Python CPU time goes; without it, threads waiting for the GIL or a lock count too)")
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--threads", type=int, default=sb.DEFAULT_THREADS,
+                    help="gunicorn threads per worker (as bench/run --threads)")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", type=Path, default=sb.BENCH / "results" / "profiles")
     args = ap.parse_args()
@@ -89,11 +94,11 @@ def main() -> int:
     profile = sb.Profile(**{**sb.PROFILES["full"].__dict__, "seconds": args.seconds, "warmup": 1,
                             "slow_agent_seconds": 20})
     bench = sb.Bench(profile, out=args.out / "unused.json", only=[], wrk=found["wrk"],
-                     wrk_version=found["wrk_version"], wrk_threads=2, gunicorn_threads=4, access_log=False,
+                     wrk_version=found["wrk_version"], wrk_threads=2, gunicorn_threads=args.threads, access_log=False,
                      keep=False, seconds=None)
-    name = f"{args.agent}-{args.sync}-w{args.workers}-c{args.connections}" + (
+    name = f"{args.agent}-{args.sync}-w{args.workers}-c{args.connections}-t{args.threads}" + (
         f"-prefill{args.prefill}" if args.prefill else "") + ("-idle" if args.idle else "") + (
-        "-native" if args.native else "")
+        "-native" if args.native else "") + ("-gil" if args.gil else "")
     try:
         env = bench.sophon_env(f"profile-{name}", [bench.channel("sms", sb.MAIN_NUMBER, agent=args.agent)],
                                args.sync)
@@ -110,6 +115,8 @@ def main() -> int:
                        str(args.rate), "--format", "raw", "--threads", "--nonblocking", "-o", str(raw)]
                 if args.idle:
                     cmd.append("--idle")
+                if args.gil:
+                    cmd.append("--gil")
                 if args.native:  # py-spy must pause the process for native stacks
                     cmd.remove("--nonblocking")
                     cmd.append("--native")

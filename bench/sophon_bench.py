@@ -52,12 +52,17 @@ sys.path.insert(0, str(BENCH))
 
 import signing
 import tools
+try:
+    from sophon_core.server import DEFAULT_THREADS
+except ImportError:  # a Sophon from before it was set (A/B runs of an older checkout through PYTHONPATH)
+    DEFAULT_THREADS = 4
 
 PATH = "/api/channels/sms/webhook"
 LUA = BENCH / "twilio_webhooks.lua"
 APPS = BENCH / "apps"
 SLOW_DIST = BENCH / "slow_agent_dist"
 SECTIONS = ("ack", "slow", "e2e", "pacing", "scale", "history", "rss")
+ACK_SERVERS = ("floor", "quickstart", "FULL", "NORMAL")  # FULL, NORMAL: Sophon's SOPHON_SQLITE_SYNC
 MAIN_NUMBER = "+15005550006"
 PACED_NUMBERS = ("+15005550101", "+15005550102", "+15005550103")
 APP_SPECS = {"floor": "floor_app:create_app()", "quickstart": "quickstart_app:create_app()"}
@@ -195,7 +200,8 @@ class Point:
 
 class Bench:
     def __init__(self, profile: Profile, *, out: Path, only: Sequence[str], wrk: str, wrk_version: str,
-                 wrk_threads: int, gunicorn_threads: int, access_log: bool, keep: bool, seconds: float | None):
+                 wrk_threads: int, gunicorn_threads: int, access_log: bool, keep: bool, seconds: float | None,
+                 ack_servers: Sequence[str] = ACK_SERVERS):
         from sophon_sms_twilio.sandbox import Sandbox
 
         from sophon_core.testing import free_port
@@ -209,6 +215,7 @@ class Bench:
             for old in self.logs.glob("*.log"):
                 old.unlink()
         self.only = list(only)
+        self.ack_servers = tuple(ack_servers)
         self.wrk, self.wrk_version, self.wrk_threads = wrk, wrk_version, wrk_threads
         self.threads = gunicorn_threads
         self.access_log = access_log
@@ -634,6 +641,8 @@ class Bench:
     def section_ack(self) -> dict:
         points: list[Point] = []
         for kind in ("floor", "quickstart"):
+            if kind not in self.ack_servers:
+                continue
             for workers in self.p.ack_workers:
                 with self.server(f"{kind}-w{workers}", kind, self.reference_env(kind), workers) as srv:
                     self.warmup(srv)
@@ -641,6 +650,8 @@ class Bench:
                         points.append(self.load(srv, self.p.seconds, c))
                     self.sample_rss(srv, "ack")
         for sync in ("FULL", "NORMAL"):
+            if sync not in self.ack_servers:
+                continue
             for workers in self.p.ack_workers:
                 got, _ = self.sophon_run(f"sophon-{sync}-w{workers}", sync, workers, self.p.ack_connections,
                                          section="ack")
@@ -652,11 +663,12 @@ class Bench:
             for c in self.p.ack_connections:
                 row = {"workers": workers, "connections": c}
                 for sync in ("FULL", "NORMAL"):
-                    s = by[(f"sophon-{sync}", workers, c)]
+                    s = by.get((f"sophon-{sync}", workers, c))
                     for ref in ("quickstart", "floor"):
-                        r = by[(ref, workers, c)]
-                        row[f"{sync}_vs_{ref}_rps"] = round(s.rps / r.rps, 3) if r.rps else None
-                        row[f"{sync}_vs_{ref}_p99"] = round(s.p99_ms / r.p99_ms, 2) if r.p99_ms else None
+                        r = by.get((ref, workers, c))  # (--ack-servers may leave some out)
+                        both = s is not None and r is not None
+                        row[f"{sync}_vs_{ref}_rps"] = round(s.rps / r.rps, 3) if both and r.rps else None
+                        row[f"{sync}_vs_{ref}_p99"] = round(s.p99_ms / r.p99_ms, 2) if both and r.p99_ms else None
                 ratios.append(row)
         return {"ok": all(p.ok for p in points), "points": [p.to_json() for p in points], "ratios": ratios,
                 "note": "Sophon answers every message through its pipeline (default agent, replies POSTed to the "
@@ -1050,11 +1062,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--smoke", action="store_true", help="seconds, tiny counts: checks correctness only")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run (default all): {','.join(SECTIONS)}")
+    ap.add_argument("--ack-servers", default=",".join(ACK_SERVERS),
+                    help=f"servers of the ack section (default all): {','.join(ACK_SERVERS)}; e.g. FULL for "
+                         "quick A/B runs of Sophon alone")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON results file (default bench/results/latest.json, smoke: bench/results/smoke.json)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per wrk point (overrides the mode)")
     ap.add_argument("--wrk-threads", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker, for every server")
+    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                    help=f"gunicorn threads per worker, for every server (default {DEFAULT_THREADS}, as `sophon "
+                         "serve`)")
     ap.add_argument("--access-log", action="store_true", help="access log on (stdout) for every server")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (stores, request files)")
     args = ap.parse_args(argv)
@@ -1062,6 +1079,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(only) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    ack_servers = [s.strip() for s in args.ack_servers.split(",") if s.strip()]
+    if set(ack_servers) - set(ACK_SERVERS):
+        ap.error(f"unknown --ack-servers {', '.join(sorted(set(ack_servers) - set(ACK_SERVERS)))}; "
+                 f"choose from {', '.join(ACK_SERVERS)}")
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
     out = args.out or BENCH / "results" / ("smoke.json" if args.smoke else "latest.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1072,7 +1093,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     bench = Bench(profile, out=out, only=only, wrk=found["wrk"], wrk_version=found["wrk_version"],
                   wrk_threads=args.wrk_threads, gunicorn_threads=args.threads, access_log=args.access_log,
-                  keep=args.keep, seconds=args.seconds)
+                  keep=args.keep, seconds=args.seconds, ack_servers=ack_servers)
     try:
         result = bench.run()
     finally:

@@ -13,6 +13,8 @@ import falcon
 
 from . import admin, admin_api, logs
 from .dashboard import DashboardPage, DashboardStatic
+from .media import ROUTE as MEDIA_ROUTE
+from .media import MediaResource
 from .metrics import MetricsResource
 from .openapi import OpenApiResource
 from .resources import HealthResource, WebhookResource, handle_rejection
@@ -44,6 +46,7 @@ def create_app(runtime: Runtime | None = None) -> falcon.App:
     mount(app, routes, "/api/openapi.json", OpenApiResource(), core)
     mount(app, routes, "/dashboard", DashboardPage(), core)
     mount(app, routes, "/dashboard/static/{name}", DashboardStatic(), core)
+    mount(app, routes, MEDIA_ROUTE, MediaResource(runtime.media), core)
     admin_api.install(app, runtime, lambda path, resource: mount(app, routes, path, resource, core))
     for ct in runtime.types.values():
         mount(app, routes, ct.webhook_path, WebhookResource(runtime, ct), f"channel type {ct.name!r}")

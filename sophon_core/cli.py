@@ -12,6 +12,7 @@ import click
 from . import config as config_mod
 from .errors import ConfigError, SophonError
 from .plugins import PluginError, agents, channel_types, get_plugin_manager
+from .server import DEFAULT_THREADS
 from .settings import Settings
 
 
@@ -107,8 +108,8 @@ def announce_admin(settings: Settings, base_url: str) -> None:
               show_default="SOPHON_BIND or 127.0.0.1:8080", help="host:port to listen on")
 @click.option("--workers", type=click.IntRange(1, 64), default=lambda: int(os.environ.get("SOPHON_WORKERS", "2")),
               show_default="SOPHON_WORKERS or 2", help="gunicorn worker processes")
-@click.option("--threads", type=click.IntRange(1, 256), default=4, show_default=True,
-              help="threads per worker")
+@click.option("--threads", type=click.IntRange(1, 256), default=DEFAULT_THREADS, show_default=True,
+              help="threads per worker (webhooks waiting for a commit's fsync share it)")
 @click.option("--log-format", type=click.Choice(["text", "json"]),
               default=lambda: os.environ.get("SOPHON_LOG_FORMAT", "text"),
               show_default="SOPHON_LOG_FORMAT or text", help="json: one JSON object per log line")
@@ -501,7 +502,7 @@ def _store(settings: Settings):
 @click.option("--limit", default=30, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def messages(limit: int, as_json: bool) -> None:
-    """Recent messages: direction, peer, status, error, units (SMS segments)."""
+    """Recent messages: direction, peer, status, error, units (SMS segments), files."""
     settings, _, _, _ = load_or_exit(None, as_json)
     rows = _store(settings).recent(limit)
     if as_json:
@@ -511,7 +512,7 @@ def messages(limit: int, as_json: bool) -> None:
 
     _table(("WHEN (UTC)", "CHANNEL", "DIR", "PEER", "STATUS", "UNITS", "TEXT", "ERROR"),
            [(_time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(r["created_at"])), r["channel_id"], r["direction"],
-             r["peer"], r["status"], r["units"], _short(r["text"], 40), _short(r["error"] or "", 60))
+             r["peer"], r["status"], r["units"], _short(_with_files(r), 40), _short(r["error"] or "", 60))
             for r in reversed(rows)])
 
 
@@ -531,6 +532,12 @@ def usage(day: str | None, as_json: bool) -> None:
     _table(("DAY", "CHANNEL", "IN", "UNITS IN", "OUT", "UNITS OUT", "FAILED", "BLOCKED", "RATE-LIMITED",
             "OPTED-OUT", "OVER BUDGET"),
            [(d, c, *(v.get(n, 0) for n in names)) for (c, d), v in data.items()])
+
+
+def _with_files(row: dict) -> str:
+    """A message's text followed by its files, e.g. ``look [image/png]``."""
+    files = " ".join(f"[{f['content_type']}{' not received' if f.get('dropped') else ''}]" for f in row["files"])
+    return " ".join(p for p in (row["text"], files) if p)
 
 
 def _short(text: str, n: int) -> str:

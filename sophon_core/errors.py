@@ -72,3 +72,8 @@ class SendError(SophonError):
         self.permanent = permanent
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class AttachmentError(SophonError):
+    """An inbound file cannot be fetched or is not allowed (too big, wrong type, wrong
+    host). The message is still answered; the agent learns the file was dropped and why."""

@@ -5,7 +5,7 @@ that implements a hook not listed here (a misspelling). Every call passes
 keyword arguments; an implementation may accept only the ones it needs.
 
 Per-channel hooks (``validate_config``, ``test_connection``, ``handle_inbound``,
-``send``) are *firstresult*: each plugin returns ``None`` for channel types it
+``send``, and ``fetch_attachment`` for channels that receive files) are *firstresult*: each plugin returns ``None`` for channel types it
 does not own, and the owner's answer is the result.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .agents import Agent
     from .errors import Problem
-    from .models import (Channel, ChannelType, ConnectionResult, OutboundMessage,
+    from .models import (Attachment, Channel, ChannelType, ConnectionResult, OutboundMessage,
                          SentPart, WebhookReply)
     from .settings import Settings
 
@@ -117,4 +117,19 @@ def send(channel: "Channel", message: "OutboundMessage",
     :raises SendError: with words a user can act on, ``code`` (provider error
         code), ``permanent`` (True when retrying cannot help) and ``retry_after``
         (seconds the provider asked to wait, if it said).
+    """
+
+
+@hookspec(firstresult=True)
+def fetch_attachment(channel: "Channel", attachment: "Attachment", settings: "Settings") -> "bytes | None":
+    """Download one file a sender attached (an ``InboundMessage.attachments`` entry).
+
+    Called outside the webhook request, before the agent runs. Only channels that
+    put ``attachments`` in their inbound messages implement it. Enforce the
+    provider's rules here: which hosts may be fetched from (never follow a redirect
+    elsewhere), size and content-type limits; bound every wait.
+
+    :return: the file's bytes; ``None`` if ``channel.type`` is not yours.
+    :raises AttachmentError: the file cannot be had; its words reach the agent (and
+        the log) as the ``DroppedAttachment.reason``. Never include secrets.
     """

@@ -15,6 +15,7 @@ import pluggy
 from . import channels_file
 from . import config as config_mod
 from .errors import ConfigError, Problem, SophonError
+from .media import public_base
 from .models import Channel, ChannelType, ConnectionResult
 from .settings import Settings
 
@@ -184,9 +185,8 @@ def webhook_url(channel: Channel, ct: ChannelType | None, settings: Settings | N
     ``ChannelType.public_url_field``), else ``SOPHON_PUBLIC_URL``, plus the webhook path."""
     if ct is None:
         return None
-    base = channel.config.get(ct.public_url_field) if ct.public_url_field else None
-    base = base if isinstance(base, str) and base else (settings.public_url if settings else None)
-    return base.rstrip("/") + ct.webhook_path if base else None
+    base = public_base(channel, ct, settings)
+    return base + ct.webhook_path if base else None
 
 
 def view(channel: Channel, types: Mapping[str, ChannelType], settings: Settings | None = None) -> dict:

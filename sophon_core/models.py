@@ -37,6 +37,10 @@ class ChannelType:
     :param routes: extra Falcon routes, ``{path: resource}`` (e.g. a delivery status
         callback); the core mounts them next to the webhook and refuses to start if a
         path is already taken. Resources find the runtime in ``req.context.runtime``.
+    :param max_attachments: files one provider message may carry (0: the channel sends
+        text only, and attachments an agent returns are dropped with a log line). The core
+        gives the first part of a reply the first files and sends any others as extra
+        file-only messages.
     """
 
     name: str
@@ -48,6 +52,7 @@ class ChannelType:
     default_send_rate: float | None = None
     public_url_field: str | None = None
     routes: Mapping[str, Any] = field(default_factory=dict)
+    max_attachments: int = 0
 
     def units(self, text: str) -> int:
         return max(1, self.count_units(text)) if self.count_units else 1
@@ -106,9 +111,45 @@ class Channel:
 
 @dataclass(frozen=True)
 class DroppedAttachment:
-    """An attachment the channel received but cannot hand to the agent."""
+    """An attachment the channel received but cannot hand to the agent.
+
+    :param reason: why, in words (e.g. "larger than 25 MB"); empty when the channel
+        cannot receive files at all.
+    """
 
     content_type: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file in a message, inbound or outbound.
+
+    Inbound: ``handle_inbound`` names each file the provider holds (``url``,
+    ``content_type``); the core fetches it later, outside the webhook request, through
+    the ``fetch_attachment`` hook, keeps it under ``SOPHON_DATA_DIR/media`` and hands
+    the agent the same attachment with ``path`` (and ``size``) set.
+
+    Outbound: an agent returns ``Reply(text, attachments=[Attachment(content_type, path=...
+    or data=...)])``; the core keeps a copy and gives ``send`` attachments whose ``url``
+    is a short-lived signed URL of this server (``GET /media/...``) for the provider to
+    fetch.
+    """
+
+    content_type: str
+    url: str | None = None
+    path: str | None = None
+    filename: str | None = None
+    size: int | None = None
+    data: bytes | None = field(default=None, repr=False)
+
+    def read_bytes(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        if self.path is None:
+            raise ValueError("this attachment has neither data nor a path (fetch it first)")
+        with open(self.path, "rb") as fh:
+            return fh.read()
 
 
 @dataclass(frozen=True)
@@ -123,6 +164,10 @@ class InboundMessage:
         more messages: record it, never answer), ``opt_in`` (consent given back)
         or ``help`` (the provider answers it; no agent).
     :param units: billing units the message cost (SMS segments).
+    :param attachments: files the sender attached (see ``Attachment``); the agent gets
+        them fetched, with ``path`` set. Files that could not be fetched or are not allowed
+        are moved to ``dropped_attachments`` with the reason.
+    :param metadata: what the provider says about the sender (e.g. a profile name).
     """
 
     channel_id: str
@@ -136,13 +181,29 @@ class InboundMessage:
     canned_reply: str | None = None
     intent: str = "message"
     units: int = 1
+    attachments: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What an agent may return instead of plain text: text plus files.
+
+    ``text`` may be empty when there are attachments.
+    """
+
+    text: str = ""
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)
 class OutboundMessage:
+    """One provider message to send. ``attachments`` (at most ``ChannelType.max_attachments``)
+    carry a ``url`` the provider can fetch, valid for a few minutes, plus content type and size."""
+
     channel_id: str
     recipient: str
     text: str
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)

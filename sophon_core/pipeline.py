@@ -11,6 +11,23 @@ Guarantees: an acknowledged message is answered at least once; every part that
 Twilio (or any provider) accepted and whose id was recorded is never sent again.
 The one window that cannot be closed: a crash after the provider accepted a
 part and before its id was recorded makes that part go out twice.
+
+Durability (``SOPHON_SQLITE_SYNC=FULL``, the default): the acknowledgement's
+transaction (message and job) is fsynced before the 200, and so are consent
+changes. The runners' bookkeeping (claim, parts and reply, pacing slot, the
+part's start, its provider id, the job's end, lease renewals) is committed with
+``synchronous=NORMAL``: consistent, and safe against the crash of a process or
+of every process (the commits are in the OS's hands), but not fsynced by
+itself; it reaches the disk with the next fsynced commit of any worker (each
+acknowledgement's fsync covers the whole log before it) and at the latest
+``SYNC_EVERY`` (1 s) later, from the heartbeat thread. A power cut or an OS crash
+can therefore roll the store back to a consistent point up to about a second
+old, never to before an acknowledged message. What it rolls back is redone
+after the restart: the job runs again, so a part the provider accepted in that
+last second goes out a second time (the window above, widened to about a
+second on power loss only), and a reply whose saving was rolled back is asked
+of the agent again, so the second copy may be worded differently. Nothing is
+lost, and no acknowledged message is stored twice.
 """
 from __future__ import annotations
 
@@ -21,11 +38,13 @@ import random
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 from . import metrics
-from .errors import SendError
-from .models import Channel, InboundMessage, OutboundMessage
+from .errors import AttachmentError, SendError
+from .media import public_base
+from .models import Attachment, Channel, DroppedAttachment, InboundMessage, OutboundMessage, Reply
 from .store import Job, LeaseLost
 from .textsplit import split_text
 
@@ -38,6 +57,8 @@ APOLOGY = "Sorry, I couldn't answer that just now. Please try again in a moment.
 HISTORY_TURNS = 20
 IDLE_POLL = 0.25  # seconds between store polls when there is nothing to do
 MAX_BACKOFF = 300.0
+PRUNE_EVERY = 3600.0  # seconds between sweeps of old media files
+SYNC_EVERY = 1.0  # seconds: the runners' relaxed commits (no fsync of their own) reach the disk this often
 
 
 def session_key(channel: Channel, msg: InboundMessage) -> str:
@@ -153,11 +174,13 @@ class Pipeline:
             for t in self._threads:
                 if t is not threading.current_thread():
                     t.join(max(0.0, deadline - time.monotonic()))
+            self.runtime.store.sync_relaxed()
 
     def _run(self) -> None:
         store, lease = self.runtime.store, self.runtime.settings.job_lease
         while not self._stop.is_set():
             try:
+                store.relax_this_thread()  # reply bookkeeping: no fsync per commit (see the module docstring)
                 self.runtime.reload_if_changed()
                 job = store.claim(self.owner, lease)
                 if job is None:
@@ -182,23 +205,48 @@ class Pipeline:
                 self._active.pop(job.id, None)
 
     def _heartbeat(self) -> None:
-        settings = self.runtime.settings
+        settings, store = self.runtime.settings, self.runtime.store
         lease = settings.job_lease
         # A job is renewed while its runner works on it, up to a cap: a runner stuck
         # longer than any agent timeout plus a retry window is presumed dead.
         cap = settings.agent_timeout + MAX_BACKOFF + 600
-        while not self._stop.wait(lease / 3):
+        renew_at = time.monotonic() + lease / 3
+        prune_at = time.monotonic() + 60  # first sweep a minute after start, then hourly
+        while not self._stop.wait(min(SYNC_EVERY, lease / 3)):
+            try:
+                store.relax_this_thread()
+                store.sync_relaxed()  # bounds what a power cut can roll back (module docstring)
+            except Exception:
+                log.exception("syncing the store failed")
+            if time.monotonic() >= prune_at:
+                prune_at = time.monotonic() + PRUNE_EVERY
+                self._prune_media()
+            if time.monotonic() < renew_at:
+                continue
+            renew_at = time.monotonic() + lease / 3
             with self._guard:
                 now = time.monotonic()
                 jobs = [job for job, since in self._active.values() if now - since < cap]
             if not jobs:
                 continue
             try:
-                lost = self.runtime.store.renew(jobs, lease)
+                lost = store.renew(jobs, lease)
                 if lost:
                     log.error("lost the lease of job(s) %s to another runner", lost)
             except Exception:
                 log.exception("renewing job leases failed")
+
+    def _prune_media(self) -> int:
+        """Delete kept files older than ``SOPHON_MEDIA_RETENTION_DAYS`` (any worker may; it is idempotent)."""
+        try:
+            gone = self.runtime.media.prune(self.runtime.settings.media_retention_days * 86400)
+        except OSError:
+            log.exception("pruning old files under %s failed", self.runtime.media.root)
+            return 0
+        if gone:
+            log.info("deleted %d file(s) older than %g day(s) (SOPHON_MEDIA_RETENTION_DAYS)", gone,
+                     self.runtime.settings.media_retention_days)
+        return gone
 
     # --- one job -------------------------------------------------------------------
 
@@ -215,10 +263,11 @@ class Pipeline:
                 store.skip_job(job, "recipient opted out", "skipped_opted_out")
                 log.info("not answering %s on %s: they opted out", msg.sender, channel.id)
                 return
-            reply, new = job.reply, job.reply is None
-            if new:
-                reply = msg.canned_reply if msg.canned_reply is not None else self._ask_agent(channel, job)
-            self._send_parts(channel, job, reply, save_reply=new)
+            if job.reply is None:  # first attempt: make the reply; its parts are saved with it
+                answer = Reply(msg.canned_reply) if msg.canned_reply is not None else self._ask_agent(channel, job)
+                self._send_parts(channel, job, answer.text, save_reply=True, attachments=answer.attachments)
+            else:
+                self._send_parts(channel, job, job.reply)
         except LeaseLost:
             raise
         except Exception as exc:  # a bug or a store failure, not a provider failure: try later
@@ -226,14 +275,20 @@ class Pipeline:
                           job.channel_id)
             self._retry_or_give_up(job, f"internal error: {type(exc).__name__}", None)
 
-    def _send_parts(self, channel: Channel, job: Job, reply: str, save_reply: bool = False) -> None:
-        """Send the reply's parts in order; ``save_reply``: store the reply with the parts."""
+    def _send_parts(self, channel: Channel, job: Job, reply: str, save_reply: bool = False,
+                    attachments: Sequence[Attachment] = ()) -> None:
+        """Send the reply's parts in order; ``save_reply``: store the reply (and copies of
+        its ``attachments``) with the parts."""
         store, pm, settings = self.runtime.store, self.runtime.pm, self.runtime.settings
         ctype = self.runtime.types[channel.type]
-        texts = split_text(reply, ctype.max_text_length) if ctype.max_text_length else [reply]
+        files = self._keep_attachments(channel, ctype, attachments) if save_reply else []
+        if save_reply and attachments and not files and not reply.strip():
+            reply = APOLOGY  # the reply was only files, and none can go out
+        texts = split_text(reply, ctype.max_text_length) if ctype.max_text_length and reply else [reply]
+        texts, media = layout(texts, files, ctype.max_attachments)
         peer = job.message.sender
         address = pacing_address(channel)
-        parts = store.parts(job, texts, peer, reply=reply if save_reply else None)
+        parts = store.parts(job, texts, peer, reply=reply if save_reply else None, media=media)
         finished = False
         for part in parts:
             if part.status not in ("pending", "in-flight"):
@@ -258,8 +313,9 @@ class Pipeline:
                 log.warning("job %d part %d may have been sent before a crash; sending it again "
                             "(at-least-once)", job.id, part.part_no)
             try:
-                sent = pm.hook.send(channel=channel, message=OutboundMessage(channel.id, peer, part.text),
-                                    settings=settings)
+                message = OutboundMessage(channel.id, peer, part.text,
+                                          attachments=self._signed(channel, ctype, part.media))
+                sent = pm.hook.send(channel=channel, message=message, settings=settings)
                 if sent is None:
                     raise RuntimeError(f"no plugin implements send for channel type {channel.type!r}")
             except SendError as exc:
@@ -328,13 +384,13 @@ class Pipeline:
         store.retry_later(job, now + delay, error)
         log.warning("job %d: %s; trying again in %.1f s (attempt %d)", job.id, error, delay, job.attempts)
 
-    def _ask_agent(self, channel: Channel, job: Job) -> str:
-        msg = job.message
+    def _ask_agent(self, channel: Channel, job: Job) -> Reply:
         agent = self.runtime.agents.get(channel.routing.agent_id)
         if agent is None:
             log.error("channel %s routes to agent %r, which is not installed; apologizing",
                       channel.id, channel.routing.agent_id)
-            return APOLOGY
+            return Reply(APOLOGY)
+        msg = self._fetch_attachments(channel, job.message)
         history = self.runtime.store.history(job.session_key, current_id=job.inbound_id, limit=HISTORY_TURNS)
         timeout = self.runtime.settings.agent_timeout
         outcome: dict = {}
@@ -358,19 +414,92 @@ class Pipeline:
             log.error("agent %r took longer than %g s (SOPHON_AGENT_TIMEOUT) on %s; apologizing "
                       "(%d agent call(s) abandoned so far)", agent.id, timeout,
                       msg.provider_message_id, abandoned)
-            return APOLOGY
+            return Reply(APOLOGY)
         if "error" in outcome:
             exc = outcome["error"]
             log.error("agent %r raised %s on %s; apologizing", agent.id, type(exc).__name__,
                       msg.provider_message_id, exc_info=exc)
-            return APOLOGY
+            return Reply(APOLOGY)
         reply = outcome.get("reply")
-        if not isinstance(reply, str) or not reply.strip():
-            log.error("agent %r returned %s instead of text on %s; apologizing", agent.id,
-                      "empty text" if isinstance(reply, str) else type(reply).__name__,
+        if isinstance(reply, str):
+            reply = Reply(reply)
+        if (not isinstance(reply, Reply) or not isinstance(reply.text, str)
+                or not all(isinstance(a, Attachment) for a in reply.attachments)
+                or not (reply.text.strip() or reply.attachments)):
+            log.error("agent %r returned %s instead of text or a Reply on %s; apologizing", agent.id,
+                      "an empty reply" if isinstance(reply, Reply) else type(reply).__name__,
                       msg.provider_message_id)
-            return APOLOGY
+            return Reply(APOLOGY)
         return reply
+
+    # --- files ---------------------------------------------------------------------
+
+    def _fetch_attachments(self, channel: Channel, msg: InboundMessage) -> InboundMessage:
+        """The message as the agent sees it: each attached file fetched (``path`` set), or
+        moved to ``dropped_attachments`` with the reason."""
+        if not msg.attachments:
+            return msg
+        got, dropped = [], list(msg.dropped_attachments)
+        for n, att in enumerate(msg.attachments):
+            try:
+                data = self.runtime.pm.hook.fetch_attachment(channel=channel, attachment=att,
+                                                             settings=self.runtime.settings)
+                if data is None:
+                    raise AttachmentError(f"no installed plugin fetches files for channel type {channel.type!r}")
+                path = self.runtime.media.keep_inbound(channel.id, msg.provider_message_id, n, data,
+                                                       att.content_type)
+                got.append(replace(att, path=str(path), size=len(data)))
+            except AttachmentError as exc:
+                log.warning("file %d (%s) of %s on %s not handed to the agent: %s", n + 1, att.content_type,
+                            msg.provider_message_id, channel.id, exc)
+                dropped.append(DroppedAttachment(att.content_type, str(exc)))
+            except Exception:
+                log.exception("fetching file %d of %s on %s failed", n + 1, msg.provider_message_id, channel.id)
+                dropped.append(DroppedAttachment(att.content_type, "could not be fetched (internal error)"))
+        return replace(msg, attachments=tuple(got), dropped_attachments=tuple(dropped))
+
+    def _keep_attachments(self, channel: Channel, ctype, attachments: Sequence[Attachment]) -> list[dict]:
+        """Copies of the agent's files, kept for the provider to fetch; [] when they cannot go out."""
+        if not attachments:
+            return []
+        if not ctype.max_attachments:
+            log.warning("the reply on %s has %d file(s), but %s sends text only; files not sent",
+                        channel.id, len(attachments), ctype.display_name)
+            return []
+        if public_base(channel, ctype, self.runtime.settings) is None:
+            log.error("the reply on %s has %d file(s), but the provider could not fetch them: set "
+                      "SOPHON_PUBLIC_URL%s to the URL it reaches this server at; files not sent", channel.id,
+                      len(attachments), f" (or config.{ctype.public_url_field})" if ctype.public_url_field else "")
+            return []
+        kept = []
+        for att in attachments:
+            try:
+                kept.append(self.runtime.media.keep_outbound(att))
+            except (OSError, ValueError) as exc:
+                log.error("a file of the reply on %s cannot be read (%s); not sent", channel.id, exc)
+        return kept
+
+    def _signed(self, channel: Channel, ctype, media: Sequence[dict]) -> tuple[Attachment, ...]:
+        """A part's files with a fresh signed URL each (the provider fetches them now)."""
+        base = public_base(channel, ctype, self.runtime.settings) if media else None
+        if not base:
+            return ()
+        return tuple(Attachment(m["content_type"], url=self.runtime.media.signed_url(base, m["id"]),
+                                filename=m.get("filename"), size=m.get("size")) for m in media)
+
+
+def layout(texts: Sequence[str], files: Sequence[dict], per_message: int) -> tuple[list[str], list[list[dict]]]:
+    """Which files go with which part: the first parts carry up to ``per_message`` files
+    each; files left over go out as file-only parts after the text.
+
+    :return: the parts' texts (file-only parts have ``""``) and, per part, its files.
+    """
+    texts = [t for t in texts if t] or [""]
+    if not files or per_message < 1:
+        return texts, [[] for _ in texts]
+    chunks = [list(files[i:i + per_message]) for i in range(0, len(files), per_message)]
+    texts = texts + [""] * max(0, len(chunks) - len(texts))
+    return texts, [chunks[i] if i < len(chunks) else [] for i in range(len(texts))]
 
 
 def pacing_address(channel: Channel) -> str:

@@ -11,6 +11,7 @@ from typing import Iterable, Mapping
 import pluggy
 
 from . import config as config_mod
+from .media import MediaFiles
 from .models import ChannelType
 from .plugins import agents as find_agents
 from .plugins import channel_types, get_plugin_manager
@@ -40,6 +41,7 @@ class Runtime:
     agents: Mapping[str, object]
     store: Store
     pipeline: Pipeline | None = field(default=None)
+    media: MediaFiles | None = field(default=None)
     _file_seen: tuple | None = field(default=None, repr=False)
     _checked_at: float = field(default=0.0, repr=False)
 
@@ -58,6 +60,7 @@ class Runtime:
         cfg = config_mod.load_file(settings.channels_path, types, pm, settings, agents=known)
         rt = cls(settings, pm, types, cfg, known, Store(settings.data_dir / "sophon.db", settings.sqlite_synchronous))
         rt.pipeline = Pipeline(rt)
+        rt.media = MediaFiles(settings.data_dir, settings.media_url_ttl)
         rt._file_seen = _signature(settings.channels_path)
         return rt
 

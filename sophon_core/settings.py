@@ -29,6 +29,10 @@ class Settings:
     :param retry_for: ``SOPHON_RETRY_FOR``: give a reply up (recorded as failed) once
         it has been retried for this many seconds (default 900).
     :param pipeline_threads: ``SOPHON_PIPELINE_THREADS`` per worker process (default 8).
+    :param media_url_ttl: ``SOPHON_MEDIA_URL_TTL``: seconds a signed link to an outbound
+        file (given to the provider to fetch it) stays valid (default 600).
+    :param media_retention_days: ``SOPHON_MEDIA_RETENTION_DAYS``: files people sent and
+        files agents sent are deleted from ``data_dir/media`` after this many days (default 30).
     :param env: the whole environment, for plugins' own variables
         (e.g. a provider API URL override).
     """
@@ -43,6 +47,8 @@ class Settings:
     retry_base: float = 2.0
     retry_for: float = 900.0
     pipeline_threads: int = 8
+    media_url_ttl: float = 600.0
+    media_retention_days: float = 30.0
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -60,6 +66,8 @@ class Settings:
             retry_base=_number(env, "SOPHON_RETRY_BASE", 2.0),
             retry_for=_number(env, "SOPHON_RETRY_FOR", 900.0),
             pipeline_threads=int(_number(env, "SOPHON_PIPELINE_THREADS", 8)),
+            media_url_ttl=_number(env, "SOPHON_MEDIA_URL_TTL", 600.0),
+            media_retention_days=_number(env, "SOPHON_MEDIA_RETENTION_DAYS", 30.0),
             env=env,
         )
 

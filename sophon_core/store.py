@@ -13,15 +13,16 @@ out. Each outbound part is recorded (``pending``) before it is sent, marked
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .models import DroppedAttachment, InboundMessage, Turn
+from .models import Attachment, DroppedAttachment, InboundMessage, Turn
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
     job_id      INTEGER,          -- outbound: the job that sends it
     part_no     INTEGER,          -- outbound: position in a split reply
     units       INTEGER,          -- billing units (SMS segments) of this message
+    media       TEXT,             -- JSON list of the files: inbound, those the sender attached; outbound, the part's
     created_at  REAL NOT NULL,
     updated_at  REAL
 );
@@ -156,6 +158,7 @@ class Part:
     text: str
     status: str  # pending, in-flight, then the provider's (queued, sent, ...), or failed / skipped
     provider_id: str | None
+    media: tuple = ()  # files this part carries: dicts from MediaFiles.keep_outbound
 
 
 class Store:
@@ -173,7 +176,21 @@ class Store:
         self._write_lock = threading.Lock()
         self._pending: list[_Pending] = []  # accepts waiting for the next group commit
         self._pending_lock = threading.Lock()
+        # A relaxed commit (see relax_this_thread) of this process since the last durable one.
+        self._unsynced = False
         self._conn().executescript(_SCHEMA)  # idempotent; executescript commits by itself
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store made by an older version up to date (columns added since)."""
+        db = self._conn()
+        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+        if "media" not in columns:
+            try:
+                db.execute("ALTER TABLE messages ADD COLUMN media TEXT")
+            except sqlite3.OperationalError as exc:  # another worker added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
     def _conn(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -187,10 +204,15 @@ class Store:
         return db
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (no lock upgrade deadlocks between workers)."""
+    def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (no lock upgrade deadlocks between workers).
+
+        :param durable: fsynced (``synchronous=FULL``) even on a relaxed thread
+            (``relax_this_thread``): for what must survive a power cut.
+        """
         db = self._conn()
-        with self._write_lock:
+        relaxed = self._relaxed() and not durable
+        with self._write_lock, (self._durable(db) if durable else nullcontext()):
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -198,6 +220,67 @@ class Store:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            if relaxed:
+                self._unsynced = True
+
+    # --- durability of the reply side ---------------------------------------------
+
+    def _relaxed(self) -> bool:
+        return getattr(self._local, "relaxed", False)
+
+    def relax_this_thread(self) -> None:
+        """Commit this thread's writes with ``synchronous=NORMAL``: no fsync of their own.
+
+        For the pipeline's runner threads (reply bookkeeping: claim, parts, pacing, sent
+        ids), whose five or so commits per reply part would otherwise take an fsync each
+        and hold the write lock that acknowledgements wait for. In WAL mode such a commit
+        is consistent and survives a crash of the process; it reaches the disk with the
+        next fsynced commit of any connection (an acknowledgement's fsync covers the whole
+        log before it), or with ``sync_relaxed`` at the latest. A power cut before that
+        rolls the store back to an earlier consistent point (see pipeline.py).
+        Acknowledged messages (``accept_inbound``, ``record_consent``) and
+        ``_write(durable=True)`` stay fsynced on any thread. Changes nothing for a store
+        opened with ``NORMAL``.
+        """
+        if self.synchronous == "FULL" and not self._relaxed():
+            self._conn().execute("PRAGMA synchronous=NORMAL")
+            self._local.relaxed = True
+
+    @contextmanager
+    def _durable(self, db: sqlite3.Connection) -> Iterator[None]:
+        """Commits inside are fsynced, on a relaxed thread too (caller holds ``_write_lock``)."""
+        relaxed = self._relaxed()
+        if relaxed:
+            db.execute("PRAGMA synchronous=FULL")  # (not allowed inside a transaction)
+        try:
+            yield
+        finally:
+            if relaxed and not db.in_transaction:  # (a failed COMMIT: stays FULL, the safe side)
+                db.execute("PRAGMA synchronous=NORMAL")
+
+    def sync_relaxed(self) -> bool:
+        """Put this process's relaxed commits on disk now, if there were any since the last
+        call: an fsync of the write-ahead log, which is what a ``FULL`` commit does.
+
+        The pipeline calls it about every second (``Pipeline._heartbeat``), so a power cut
+        rolls back at most about a second of reply bookkeeping.
+        :return: True when it synced.
+        """
+        if not self._unsynced:
+            return False
+        self._unsynced = False  # before the fsync: a commit after this point is synced next time
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed into the (synced) database file and removed
+            return False
+        try:
+            os.fsync(fd)
+        except BaseException:
+            self._unsynced = True
+            raise
+        finally:
+            os.close(fd)
+        return True
 
     # --- inbound -------------------------------------------------------------------
 
@@ -232,17 +315,18 @@ class Store:
         """One transaction for every pending accept (caller holds ``_write_lock``)."""
         db = self._conn()
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                db.execute("SAVEPOINT one")
-                try:
-                    item.result = self._accept_one(db, *item.args)
-                    db.execute("RELEASE one")
-                except Exception as exc:
-                    db.execute("ROLLBACK TO one")
-                    db.execute("RELEASE one")
-                    item.error = exc
-            db.execute("COMMIT")
+            with self._durable(db):  # acknowledged messages are fsynced, on any thread
+                db.execute("BEGIN IMMEDIATE")
+                for item in batch:
+                    db.execute("SAVEPOINT one")
+                    try:
+                        item.result = self._accept_one(db, *item.args)
+                        db.execute("RELEASE one")
+                    except Exception as exc:
+                        db.execute("ROLLBACK TO one")
+                        db.execute("RELEASE one")
+                        item.error = exc
+                db.execute("COMMIT")
         except BaseException as exc:  # the transaction itself failed: nothing of it is stored
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -285,7 +369,7 @@ class Store:
         webhook after a failure), so a STOP can never be lost.
         :return: False for a duplicate delivery.
         """
-        with self._write() as db:
+        with self._write(durable=True) as db:
             row = self._insert_inbound(db, msg, session_key, msg.intent)
             if msg.intent == "opt_out":
                 db.execute("INSERT OR REPLACE INTO opt_outs VALUES (?, ?, ?, ?)",
@@ -298,11 +382,13 @@ class Store:
 
     @staticmethod
     def _insert_inbound(db: sqlite3.Connection, msg: InboundMessage, session_key: str, status: str) -> int | None:
+        files = [{"content_type": a.content_type} for a in msg.attachments] + [
+            {"content_type": d.content_type, "dropped": d.reason or "not received"} for d in msg.dropped_attachments]
         cur = db.execute(
             "INSERT OR IGNORE INTO messages (channel_id, direction, provider_id, peer, session_key,"
-            " text, status, units, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?)",
+            " text, status, units, media, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?, ?)",
             (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text, status,
-             msg.units, msg.received_at))
+             msg.units, json.dumps(files) if files else None, msg.received_at))
         return cur.lastrowid if cur.rowcount == 1 else None
 
     # --- jobs ----------------------------------------------------------------------
@@ -336,6 +422,7 @@ class Store:
                              (hit[0],)).fetchone()
         payload = json.loads(row[9])
         payload["dropped_attachments"] = tuple(DroppedAttachment(**d) for d in payload["dropped_attachments"])
+        payload["attachments"] = tuple(Attachment(**d) for d in payload.get("attachments", ()))
         return Job(*row[:9], message=InboundMessage(**payload))
 
     def renew(self, jobs: Iterable[Job], lease: float) -> list[int]:
@@ -414,11 +501,13 @@ class Store:
 
     # --- outbound parts ------------------------------------------------------------
 
-    def parts(self, job: Job, texts: Sequence[str], peer: str, reply: str | None = None) -> list[Part]:
+    def parts(self, job: Job, texts: Sequence[str], peer: str, reply: str | None = None,
+              media: Sequence[Sequence[dict]] | None = None) -> list[Part]:
         """The job's outbound parts, recorded as ``pending`` the first time (before any send).
 
         :param reply: the agent's reply, saved with the parts in the same transaction,
             when it was just made.
+        :param media: per part, the files it carries (recorded with the part).
         """
         now = time.time()
         with self._write() as db:
@@ -426,14 +515,16 @@ class Store:
             if reply is not None:
                 db.execute("UPDATE jobs SET reply = ?, updated_at = ? WHERE id = ?", (reply, now, job.id))
             for n, text in enumerate(texts):
+                files = media[n] if media is not None and n < len(media) and media[n] else None
                 db.execute(
                     "INSERT OR IGNORE INTO messages (channel_id, direction, peer, session_key, text,"
-                    " status, reply_to, job_id, part_no, created_at, updated_at)"
-                    " VALUES (?, 'out', ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-                    (job.channel_id, peer, job.session_key, text, job.inbound_id, job.id, n, now, now))
-            rows = db.execute("SELECT id, part_no, text, status, provider_id FROM messages"
+                    " status, reply_to, job_id, part_no, media, created_at, updated_at)"
+                    " VALUES (?, 'out', ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                    (job.channel_id, peer, job.session_key, text, job.inbound_id, job.id, n,
+                     json.dumps(list(files)) if files else None, now, now))
+            rows = db.execute("SELECT id, part_no, text, status, provider_id, media FROM messages"
                               " WHERE direction = 'out' AND job_id = ? ORDER BY part_no", (job.id,)).fetchall()
-        return [Part(*r) for r in rows]
+        return [Part(*r[:5], media=tuple(json.loads(r[5])) if r[5] else ()) for r in rows]
 
     def begin_part(self, job: Job, part: Part, units: int, daily_budget: int) -> str:
         """Right before the provider call, in one transaction: check the job is still ours,
@@ -537,7 +628,7 @@ class Store:
 
     def set_opt_out(self, channel_id: str, peer: str, keyword: str | None) -> None:
         """Record that ``peer`` opted out (``keyword`` e.g. STOP) or back in (``None``)."""
-        with self._write() as db:
+        with self._write(durable=True) as db:  # consent: fsynced, from a runner thread too
             if keyword is None:
                 db.execute("DELETE FROM opt_outs WHERE channel_id = ? AND peer = ?", (channel_id, peer))
             else:
@@ -597,7 +688,7 @@ class Store:
         recorded yet (it can outrun our commit) is kept and applied when it is.
         :return: False when the report changes nothing.
         """
-        with self._write() as db:
+        with self._write(durable=True) as db:
             row = db.execute("SELECT id, status FROM messages WHERE direction = 'out' AND provider_id = ?"
                              " AND channel_id = ?", (provider_id, channel_id)).fetchone()
             if row is None:
@@ -641,8 +732,9 @@ class Store:
     def recent(self, limit: int = 50) -> list[dict]:
         """The newest ``limit`` messages, newest first."""
         rows = self._conn().execute(
-            "SELECT id, channel_id, direction, provider_id, peer, text, status, error, units, created_at"
+            "SELECT id, channel_id, direction, provider_id, peer, text, status, error, units, created_at, media"
             " FROM messages ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         keys = ("id", "channel_id", "direction", "provider_id", "peer", "text", "status", "error", "units",
                 "created_at")
-        return [dict(zip(keys, r)) for r in rows]
+        return [{**dict(zip(keys, r)), "files": [{k: v for k, v in f.items() if k != "id"} for f in json.loads(r[10])]
+                 if r[10] else []} for r in rows]

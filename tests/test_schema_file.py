@@ -10,14 +10,14 @@ from sophon_core.config import combined_schema
 from sophon_core.plugins import channel_types, get_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = {"SOPHON_PLUGINS": "sms_twilio,default_agent"}
+SHIPPED = {"SOPHON_PLUGINS": "sms_twilio,whatsapp_twilio,default_agent"}
 
 
 def test_committed_channels_schema_is_current():
     expected = combined_schema(channel_types(get_plugin_manager(env=SHIPPED)))
     committed = json.loads((REPO / "schemas" / "channels.schema.json").read_text())
     assert committed == expected, ("schemas/channels.schema.json is stale: run "
-                                   "SOPHON_PLUGINS=sms_twilio,default_agent ./dev sophon schema --write "
+                                   "SOPHON_PLUGINS=sms_twilio,whatsapp_twilio,default_agent ./dev sophon schema --write "
                                    "schemas/channels.schema.json")
 
 

@@ -29,16 +29,21 @@ def demo(bind: str, sandbox_port: int, workers: int) -> None:
     """
     from sophon_core.server import run_gunicorn
 
-    from .sandbox import DEMO_NUMBER, DEMO_SPARE_NUMBER, demo_sandbox
+    from .sandbox import DEMO_NUMBER, DEMO_SPARE_NUMBER, DEMO_WHATSAPP_NUMBER, demo_sandbox
 
     public = f"http://{bind}"
-    with demo_sandbox(port=sandbox_port, sms_url=f"{public}/api/channels/sms/webhook") as box:
+    # The demo account also has a WhatsApp sender; its messages go to the WhatsApp channel's
+    # webhook (answered when the sophon-whatsapp-twilio plugin is installed).
+    with demo_sandbox(port=sandbox_port, sms_url=f"{public}/api/channels/sms/webhook",
+                      whatsapp_url=f"{public}/api/channels/whatsapp/webhook") as box:
         env = dict(os.environ, SOPHON_TWILIO_API_URL=box.url, SOPHON_PUBLIC_URL=public)
         click.echo(f"sandbox: Twilio REST API and phone at {box.url}; number {DEMO_NUMBER}", err=True)
         click.echo(f"sophon:  webhook {public}/api/channels/sms/webhook", err=True)
         click.echo('try:     sophon sms simulate "hello"   (or ./dev sophon sms simulate "hello")', err=True)
         click.echo(f"spare:   {DEMO_SPARE_NUMBER} on the same sandbox account, for trying Add Channel in "
                    "the dashboard", err=True)
+        click.echo(f"whatsapp: sender {DEMO_WHATSAPP_NUMBER}; try: sophon whatsapp simulate \"hi\" --file photo.jpg",
+                   err=True)
         os.environ.update(env)
         from sophon_core.cli import announce_admin, load_or_exit
         settings, _, _, _ = load_or_exit(None)  # refuse to start on an invalid channels.json

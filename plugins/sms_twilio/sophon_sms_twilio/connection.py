@@ -18,14 +18,21 @@ def expected_webhook(channel: Channel, settings: Settings) -> str | None:
     return base + WEBHOOK_PATH if base else None
 
 
-def check(channel: Channel, settings: Settings) -> ConnectionResult:
+def check_account(channel: Channel, settings: Settings,
+                  trial_warning: str | None = None) -> tuple[ConnectionResult | None, list, list]:
+    """Fetch the channel's Twilio account and look its ``phoneNumber`` up (shared by every
+    Twilio channel type). ``trial_warning``: added when the account is a trial account.
+
+    :return: (a failed result, or None when the account is active; the checks so far;
+        the account's numbers matching ``phoneNumber``).
+    """
     cfg = channel.config
     sid, number = cfg["accountSid"], cfg["phoneNumber"]
     client = client_for(cfg, settings.env)
     checks: list[tuple[str, str]] = []
 
-    def fail(message: str) -> ConnectionResult:
-        return ConnectionResult(False, tuple(checks + [("error", message)]))
+    def fail(message: str) -> tuple[ConnectionResult, list, list]:
+        return ConnectionResult(False, tuple(checks + [("error", message)])), checks, []
 
     try:
         account = client.api.v2010.accounts(sid).fetch()
@@ -37,14 +44,24 @@ def check(channel: Channel, settings: Settings) -> ConnectionResult:
     except (requests.RequestException, TwilioException, OSError) as exc:
         return fail(f"Cannot reach Twilio at {api_base(settings.env)} ({type(exc).__name__}); "
                     "check the network or SOPHON_TWILIO_API_URL")
-
     if account.status != "active":
         return fail(f"Twilio account {sid} is {account.status}; reactivate it in the Twilio Console")
     checks.append(("ok", f"Twilio account {sid} is active ({account.type})"))
-    if account.type == "Trial":
-        checks.append(("warning", TRIAL_ONLY_VERIFIED))
+    if account.type == "Trial" and trial_warning:
+        checks.append(("warning", trial_warning))
+    return None, checks, [n for n in found if n.phone_number == number]
 
-    match = next((n for n in found if n.phone_number == number), None)
+
+def check(channel: Channel, settings: Settings) -> ConnectionResult:
+    sid, number = channel.config["accountSid"], channel.config["phoneNumber"]
+    failed, checks, found = check_account(channel, settings, TRIAL_ONLY_VERIFIED)
+    if failed is not None:
+        return failed
+
+    def fail(message: str) -> ConnectionResult:
+        return ConnectionResult(False, tuple(checks + [("error", message)]))
+
+    match = next(iter(found), None)
     if match is None:
         return fail(f"{number} is not a phone number of account {sid}. Buy one with SMS capability "
                     "under Phone Numbers > Manage > Buy a Number, or fix phoneNumber")

@@ -104,7 +104,7 @@ def handle(req: falcon.Request, channels: Sequence[Channel], settings: Settings)
     if not signature:
         raise WebhookRejected(403, BAD_SIGNATURE, "missing X-Twilio-Signature header: only Twilio may "
                               "call this webhook")
-    channel = _verify(req, form, signature, candidates, settings)
+    channel = verify_signature(req, form, signature, candidates, settings)
     missing = [name for name in REQUIRED if not form.first(name)]
     if missing:
         raise WebhookRejected(400, f"missing required field(s): {', '.join(missing)}")
@@ -133,7 +133,9 @@ def signature_matches(token: str, url: str, form: "Form", signature: str) -> boo
                for candidate in dict.fromkeys((first, second)))
 
 
-def _verify(req, form, signature, candidates, settings) -> Channel:
+def verify_signature(req, form, signature, candidates, settings) -> Channel:
+    """The channel among ``candidates`` whose Auth Token signed the request (any Twilio
+    channel type). :raises WebhookRejected: 403, with the URLs checked in the log detail."""
     urls = []
     for channel in candidates:
         url = signed_url(req, channel, settings)
@@ -211,7 +213,7 @@ class StatusCallback:
         signature = req.get_header("X-Twilio-Signature")
         if not signature:
             raise WebhookRejected(403, BAD_SIGNATURE, "status callback without X-Twilio-Signature")
-        channel = _verify(req, form, signature, candidates, settings)
+        channel = verify_signature(req, form, signature, candidates, settings)
         sid, status = form.first("MessageSid"), form.first("MessageStatus")
         if not sid or not status:
             raise WebhookRejected(400, "missing required field(s): "

@@ -9,6 +9,10 @@ or in tests::
         account = sb.add_account()
         sb.add_number(account.sid, "+15005550006", sms_url=webhook_url)
         client = sb.twilio_client(account.sid)  # twilio.rest.Client aimed at sb.url
+
+WhatsApp: ``sb.add_number(account.sid, "+15005550020", sms_url=hook, whatsapp=True)``, then
+``sb.send_inbound(from_="whatsapp:+15551230001", to="whatsapp:+15005550020", body="hi")``;
+see the server module's docstring for media, the 24-hour window and status callbacks.
 """
 
 from .server import (
@@ -18,6 +22,7 @@ from .server import (
     DEMO_NUMBER,
     DEMO_PEER,
     DEMO_SPARE_NUMBER,
+    DEMO_WHATSAPP_NUMBER,
     Account,
     Number,
     Sandbox,
@@ -34,6 +39,7 @@ __all__ = [
     "DEMO_NUMBER",
     "DEMO_PEER",
     "DEMO_SPARE_NUMBER",
+    "DEMO_WHATSAPP_NUMBER",
     "Account",
     "Number",
     "Sandbox",

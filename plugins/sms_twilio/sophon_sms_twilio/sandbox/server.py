@@ -7,6 +7,26 @@ webhooks, the way Twilio does, to the application under test.
 
 It stands alone: it imports nothing from ``sophon_core``; from ``twilio`` it only takes the
 webhook signer (and the REST client, lazily, in :meth:`Sandbox.twilio_client`).
+
+WhatsApp (Twilio's WhatsApp channel: the same Messages API, with ``whatsapp:+E164`` addresses):
+
+* ``add_number(..., whatsapp=True)`` makes a number a WhatsApp sender; its ``sms_url`` is the
+  sender's "A message comes in" webhook. ``send_inbound(from_="whatsapp:+1555...",
+  to="whatsapp:+1500...", profile_name=..., media_files=[(bytes, type)])`` posts Twilio's
+  signed WhatsApp form (ProfileName, WaId, one media at most) and opens the 24-hour window.
+* :meth:`Sandbox.add_media` hosts inbound media at a Twilio media URL: GET needs HTTP Basic auth
+  of the account and answers 307 to ``/_media/<token>`` (the "CDN", no auth), which serves the
+  bytes. Both GETs are recorded in :meth:`Sandbox.requests` (never a password).
+* ``POST Messages.json`` with a ``whatsapp:`` From/To is checked like Twilio (63007, 21211,
+  21602, 21617, 21623), answered 201 queued, then settled by a background thread: outside the
+  24-hour window -> failed 63016 (a ``ContentSid`` template is exempt); else the MediaUrl are
+  fetched (plain GET, no redirects; only the first is delivered) -> failed 63019 / 63021 /
+  11751, or sent then delivered. :meth:`Sandbox.wait_for_status` waits for that; with a
+  StatusCallback each change is POSTed, signed, and recorded in :meth:`Sandbox.callbacks`.
+* The window, per (user, sender): :meth:`Sandbox.open_window` / :meth:`Sandbox.close_window`.
+  The window is read when the message is created.
+* The sandbox never reaches the internet: it fetches media and posts status callbacks only to
+  loopback hosts (and its own host); any other URL is recorded as not reached (media: 63019).
 """
 
 from __future__ import annotations
@@ -15,6 +35,7 @@ import argparse
 import base64
 import binascii
 import copy
+import hashlib
 import hmac
 import http.client
 import ipaddress
@@ -50,6 +71,7 @@ __all__ = [
     "DEMO_NUMBER",
     "DEMO_PEER",
     "DEMO_SPARE_NUMBER",
+    "DEMO_WHATSAPP_NUMBER",
     "Account",
     "Number",
     "Sandbox",
@@ -70,12 +92,35 @@ DEMO_PEER = "+15551230001"
 # A second number on the demo account that no channel uses yet: for trying Add Channel.
 DEMO_SPARE_NUMBER = "+15005550010"
 
+# A WhatsApp sender on the demo account (its webhook: demo_sandbox(whatsapp_url=...)).
+DEMO_WHATSAPP_NUMBER = "+15005550020"
+
 WEBHOOK_TIMEOUT = 10.0  # seconds the phone waits for the application's webhook
+CALLBACK_TIMEOUT = 10.0  # seconds a status callback waits for the application
+MEDIA_FETCH_TIMEOUT = 10.0  # seconds (in all) Twilio spends fetching one outbound MediaUrl
+
+WHATSAPP_PREFIX = "whatsapp:"
+WHATSAPP_WINDOW = 24 * 3600  # seconds after the user's last message that free-form replies may go
+WHATSAPP_MAX_MEDIA_BYTES = 16 * 1024 * 1024
+WHATSAPP_MAX_IMAGE_BYTES = 5 * 1024 * 1024
+# Content types WhatsApp takes (besides audio/* and application/vnd.*).
+_WHATSAPP_TYPES = frozenset({
+    "image/jpeg", "image/png", "image/webp", "video/mp4", "video/3gpp", "application/pdf", "text/plain",
+    "text/vcard", "application/msword",
+})
+# Twilio's asynchronous WhatsApp failures: error code -> error message.
+_WA_OUTSIDE_WINDOW = (63016, "Outside messaging window. For WhatsApp, use a Message Template instead")
+_WA_MEDIA_DOWNLOAD = (63019, "Media failed to download")
+_WA_MEDIA_TYPE = (63021, "Channel invalid content error")
+_WA_MEDIA_SIZE = (11751, "Media exceeds messaging provider size limit")
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 _ACCOUNT_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+?)(?:\.json$|/)")
+_MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
+_MEDIA_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages/([^/]+)/Media/([^/.]+)$")
+_CDN_PREFIX = "/_media/"
 
 # Twilio's default opt-out / opt-in keywords (always on for long codes).
 _STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
@@ -196,6 +241,91 @@ def _parse_form(raw: str) -> dict[str, list[str]]:
     return multi
 
 
+def _is_whatsapp(address: str | None) -> bool:
+    return bool(address) and address.startswith(WHATSAPP_PREFIX)
+
+
+def _whatsapp_e164(address: str | None) -> str | None:
+    """``whatsapp:+15551230001`` -> ``+15551230001``; None when not such an address."""
+    if not _is_whatsapp(address):
+        return None
+    number = address[len(WHATSAPP_PREFIX):]
+    return number if E164.match(number) else None
+
+
+def _bare_e164(address: str) -> str:
+    """A user or sender given with or without ``whatsapp:``, as E.164 (ValueError otherwise)."""
+    number = address[len(WHATSAPP_PREFIX):] if _is_whatsapp(address) else address
+    if not E164.match(number or ""):
+        raise ValueError(f"expected an E.164 number, with or without 'whatsapp:', not {address!r}")
+    return number
+
+
+def _mask_number(e164: str) -> str:
+    """``+15551230001`` -> ``+1555123XXXX``: how Twilio shows ChannelToAddress."""
+    return e164[:-4] + "XXXX" if len(e164) > 5 else e164
+
+
+def _whatsapp_message_type(content_type: str | None) -> str:
+    if not content_type:
+        return "text"
+    major = content_type.split("/", 1)[0].lower()
+    return major if major in ("image", "video", "audio") else "document"
+
+
+def _whatsapp_type_ok(content_type: str) -> bool:
+    return (
+        content_type in _WHATSAPP_TYPES
+        or content_type.startswith("audio/")
+        or content_type.startswith("application/vnd.")
+    )
+
+
+def _media_type(header: str | None) -> str | None:
+    """``image/png; charset=x`` -> ``image/png`` (None when there is no Content-Type)."""
+    if not header:
+        return None
+    return header.split(";", 1)[0].strip().lower() or None
+
+
+def _is_local_url(url: str, also: Iterable[str] = ()) -> bool:
+    """Whether ``url`` is http(s) to a loopback host (or one of ``also``): never the internet."""
+    try:
+        split = urllib.parse.urlsplit(url)
+        host = (split.hostname or "").lower()
+    except ValueError:
+        return False
+    if split.scheme not in ("http", "https") or not host:
+        return False
+    if host == "localhost" or host in {h.strip("[]").lower() for h in also if h}:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_exchange(request: urllib.request.Request, target: str, timeout: float, what: str) -> tuple[int, str]:
+    """Send ``request`` without following redirects: (status, text), or ConnectionError /
+    TimeoutError naming ``what`` (e.g. "the webhook")."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status, response.read().decode(
+                response.headers.get_content_charset() or "utf-8", "replace"
+            )
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(exc.headers.get_content_charset() or "utf-8", "replace") if exc.fp else ""
+        return exc.code, text
+    except (socket.timeout, TimeoutError) as exc:
+        raise TimeoutError(f"{what} {target} did not answer within {timeout:g}s") from exc
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            raise TimeoutError(f"{what} {target} did not answer within {timeout:g}s") from exc
+        raise ConnectionError(f"could not deliver {what} to {target}: {reason}") from exc
+
+
 class SandboxError(ValueError):
     """A request the sandbox cannot carry out (unknown number, no sms_url, bad control call)."""
 
@@ -245,6 +375,8 @@ class Number:
     sms_method: str = "POST"
     capabilities: dict = field(default_factory=dict)
     date_created: datetime = field(default_factory=_now)
+    # A WhatsApp sender (not part of the IncomingPhoneNumber resource: Twilio has no such flag).
+    whatsapp: bool = False
 
     @property
     def uri(self) -> str:
@@ -314,6 +446,29 @@ class _Reply(Exception):
     def __init__(self, status: int, code: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+class _Redirect(Exception):
+    """Internal: a REST handler answers 307 (a media URL sending the client to the CDN)."""
+
+    def __init__(self, location: str, media_sid: str):
+        super().__init__(location)
+        self.location, self.media_sid = location, media_sid
+
+
+@dataclass
+class _Media:
+    """A media file the sandbox hosts for an inbound message (see Sandbox.add_media)."""
+
+    sid: str
+    account_sid: str
+    message_sid: str
+    content: bytes = field(repr=False)
+    content_type: str
+    served_type: str | None
+    redirect_to: str | None
+    token: str = field(repr=False)
+    date_created: datetime = field(default_factory=_now)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -408,6 +563,48 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
+    def _send_raw(self, status: int, data: bytes, content_type: str | None, headers: dict | None = None) -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, str(value))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _cdn(self, sandbox: "Sandbox", path: str, raw_query: str) -> None:
+        """``/_media/<token>``: the media CDN a media URL redirects to. No auth needed."""
+        user, _ = self._basic_auth()
+        record = {
+            "method": self.command,
+            "path": path,
+            "query": _last_values(_parse_form(raw_query)),
+            "form": {},
+            "form_multi": {},
+            "status": None,
+            "auth_user": user,
+            "received_at": time.time(),
+            "cdn": True,
+            "authorization": "Authorization" in self.headers,  # whether the client sent one
+        }
+        media = sandbox._media_by_token(path[len(_CDN_PREFIX):])
+        if media is not None:
+            record["media_sid"] = media.sid
+        if self.command not in ("GET", "HEAD"):
+            record["status"] = 405
+            sandbox._record_request(record)
+            self._send_raw(405, b"Method Not Allowed", "text/plain", {"Allow": "GET, HEAD"})
+        elif media is None:
+            record["status"] = 404
+            sandbox._record_request(record)
+            self._send_raw(404, b"Not Found", "text/plain")
+        else:
+            record["status"] = 200
+            sandbox._record_request(record)
+            self._send_raw(200, media.content, media.served_type or media.content_type)
+
     def _basic_auth(self) -> tuple[str | None, str | None]:
         header = self.headers.get("Authorization", "")
         scheme, _, encoded = header.partition(" ")
@@ -441,6 +638,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if path == "/_sandbox" or path.startswith("/_sandbox/"):
             self._control(sandbox, path, split.query, body)
+            return
+        if path.startswith(_CDN_PREFIX):
+            self._cdn(sandbox, path, split.query)
             return
 
         query = _parse_form(split.query)
@@ -489,12 +689,23 @@ class _Handler(BaseHTTPRequestHandler):
             headers: dict = {}
         except _Reply as reply:
             status, payload, headers = reply.status, _error_body(reply.status, reply.code, reply.message), reply.headers
+        except _Redirect as redirect:  # a media URL: off to the CDN
+            record["status"] = 307
+            record["media_sid"] = redirect.media_sid
+            sandbox._record_request(record)
+            self._send_raw(307, b"", None, {"Location": redirect.location})
+            return
         except Exception:  # pragma: no cover - a sandbox bug must still answer like Twilio
             log.exception("sandbox failed on %s %s", self.command, path)
             status, payload, headers = 500, _error_body(500, 20500, "Internal Server Error"), {}
         record["status"] = status
-        sandbox._record_request(record, message=payload if (status == 201 and path.endswith("/Messages.json")) else None)
-        self._send(status, payload, headers)
+        created = status == 201 and path.endswith("/Messages.json")
+        sandbox._record_request(record, message=payload if created else None)
+        try:
+            self._send(status, payload, headers)
+        finally:
+            if created:  # a WhatsApp message settles after the client has its 201
+                sandbox._start_job(payload["sid"])
 
     def _rest(self, sandbox: "Sandbox", path: str, query: dict, form: dict, user, password) -> tuple[int, dict]:
         account = sandbox._authenticate(user, password)
@@ -513,6 +724,14 @@ class _Handler(BaseHTTPRequestHandler):
         resource = routes.get(path)
         method = self.command
         if resource is None:
+            media = _MEDIA_PATH.match(path)
+            if media and media.group(1) == account.sid:
+                if method in ("GET", "HEAD"):
+                    location, media_sid = sandbox._media_location(account.sid, media.group(2), media.group(3))
+                    if location is not None:
+                        raise _Redirect(location, media_sid)
+                elif method not in ("DELETE",):  # DELETE is real on Twilio, not simulated here
+                    raise _Reply(405, 20004, "Method not allowed")
             raise _Reply(404, 20404, f"The requested resource {path} was not found")
         if resource == "account" and method == "GET":
             return 200, account.to_json()
@@ -586,6 +805,14 @@ class Sandbox:
         self._messages: list[dict] = []
         self._requests: list[dict] = []
         self._inbound: list[dict] = []
+        self._callbacks: list[dict] = []
+        self._media: dict[tuple[str, str, str], _Media] = {}
+        self._cdn: dict[str, _Media] = {}
+        self._windows: dict[tuple[str, str], float] = {}  # (user, sender) -> time of the user's last message
+        self._channel_installs: dict[str, str] = {}  # WhatsApp sender -> its ChannelInstallSid (XE...)
+        self._jobs: dict[str, dict] = {}  # WhatsApp messages created, not yet settling
+        self._workers: set[threading.Thread] = set()
+        self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -594,6 +821,7 @@ class Sandbox:
     def start(self) -> "Sandbox":
         if self._server is not None:
             return self
+        self._stopping.clear()
         self._server = _Server((self.host, self.port), _Handler, self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -609,6 +837,7 @@ class Sandbox:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping.set()  # WhatsApp workers stop between steps
         # shutdown() waits for serve_forever's next poll; a connection wakes it at once.
         stopper = threading.Thread(target=server.shutdown, daemon=True)
         stopper.start()
@@ -624,6 +853,11 @@ class Sandbox:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        with self._lock:
+            workers = list(self._workers)
+        deadline = time.monotonic() + 2.0
+        for worker in workers:  # each step of a worker is bounded; this only waits a little
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "Sandbox":
         return self.start()
@@ -684,7 +918,10 @@ class Sandbox:
         mms: bool = False,
         voice: bool = True,
         friendly_name: str | None = None,
+        whatsapp: bool = False,
     ) -> Number:
+        """Give ``account_sid`` a number. ``whatsapp=True`` also makes it a WhatsApp sender
+        (``whatsapp:<phone_number>``), whose incoming WhatsApp messages go to ``sms_url``."""
         if not E164.match(phone_number):
             raise ValueError(f"phone numbers are E.164 (+ and up to 15 digits), not {phone_number!r}")
         sms_method = sms_method.upper()
@@ -702,9 +939,72 @@ class Sandbox:
                 sms_url=sms_url,
                 sms_method=sms_method,
                 capabilities={"voice": bool(voice), "sms": bool(sms), "mms": bool(mms), "fax": False},
+                whatsapp=bool(whatsapp),
             )
             self._numbers.append(number)
+            if number.whatsapp:
+                self._channel_installs[phone_number] = _sid("XE")
         return number
+
+    def add_media(
+        self,
+        account_sid: str,
+        message_sid: str,
+        content: bytes,
+        content_type: str,
+        *,
+        redirect_to: str | None = None,
+        served_type: str | None = None,
+    ) -> str:
+        """Host ``content`` as a media file of (inbound) message ``message_sid``; return its URL.
+
+        The URL is Twilio's: ``{url}/2010-04-01/Accounts/{AC}/Messages/{MM}/Media/{ME}``. A GET
+        needs HTTP Basic auth of ``account_sid`` (else 401, Twilio's error body) and answers
+        307 to ``{url}/_media/<token>``, the "CDN", which serves the bytes without auth, as
+        ``served_type`` if given (a content type that lies) else ``content_type``.
+        ``redirect_to`` makes the 307 point there instead (e.g. at a private address).
+        """
+        if not isinstance(content, (bytes, bytearray)):
+            raise TypeError("media content is bytes")
+        if not content_type or "/" not in content_type:
+            raise ValueError(f"a content type looks like 'image/jpeg', not {content_type!r}")
+        if not _MESSAGE_SID.match(message_sid or ""):
+            raise ValueError(f"a Message SID is 'SM' or 'MM' followed by 32 hex digits, not {message_sid!r}")
+        base = self.url
+        media = _Media(
+            sid=_sid("ME"),
+            account_sid=account_sid,
+            message_sid=message_sid,
+            content=bytes(content),
+            content_type=content_type,
+            served_type=served_type,
+            redirect_to=redirect_to,
+            token=secrets.token_urlsafe(24),
+        )
+        with self._lock:
+            self._account(account_sid)
+            self._media[(account_sid, message_sid, media.sid)] = media
+            self._cdn[media.token] = media
+        return f"{base}/{API_VERSION}/Accounts/{account_sid}/Messages/{message_sid}/Media/{media.sid}"
+
+    def open_window(self, user: str, sender: str) -> None:
+        """``user`` just wrote to the WhatsApp ``sender``: free-form messages may go for 24 h."""
+        key = (_bare_e164(user), _bare_e164(sender))
+        with self._lock:
+            self._windows[key] = time.time()
+
+    def close_window(self, user: str, sender: str) -> None:
+        """More than 24 h passed since ``user`` last wrote to ``sender``: only templates go."""
+        key = (_bare_e164(user), _bare_e164(sender))
+        with self._lock:
+            self._windows.pop(key, None)
+
+    def window_open(self, user: str, sender: str) -> bool:
+        """Whether ``sender`` may send ``user`` a free-form WhatsApp message now."""
+        key = (_bare_e164(user), _bare_e164(sender))
+        with self._lock:
+            opened = self._windows.get(key)
+        return opened is not None and time.time() - opened < WHATSAPP_WINDOW
 
     def verify_caller_id(self, account_sid: str, phone_number: str) -> None:
         """Let a Trial account text ``phone_number`` (Twilio's Verified Caller IDs)."""
@@ -771,6 +1071,59 @@ class Sandbox:
         with self._lock:
             return copy.deepcopy(self._inbound)
 
+    def callbacks(self, *, message_sid: str | None = None) -> list[dict]:
+        """Every status callback posted (WhatsApp messages): message_sid, url, form, and the
+        application's answer (``status``/``body``, or ``error`` when it was not reached)."""
+        with self._lock:
+            return [
+                copy.deepcopy(c) for c in self._callbacks if message_sid is None or c["message_sid"] == message_sid
+            ]
+
+    def message(self, sid: str) -> dict:
+        """The outbound message ``sid`` (SandboxError when there is none)."""
+        with self._lock:
+            for m in self._messages:
+                if m["sid"] == sid:
+                    return copy.deepcopy(m)
+        raise SandboxError(f"no outbound message {sid}")
+
+    def wait_for_status(self, sid: str, status: str, timeout: float = 10.0) -> dict:
+        """Wait until message ``sid`` has reached ``status`` (now or before); return the message.
+
+        A message that settled (delivered, failed) without ever reaching ``status`` raises
+        SandboxError at once; TimeoutError after ``timeout`` seconds otherwise."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                message = self.message(sid)
+                if status in message["statuses"]:
+                    return message
+                if message["status"] in ("delivered", "failed", "undelivered"):
+                    raise SandboxError(
+                        f"message {sid} is {message['status']} (error {message['error_code']}); it never was {status}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"waited {timeout:g}s for message {sid} to be {status}: it is {message['status']}")
+                self._changed.wait(min(remaining, 0.1))
+
+    def wait_for_callbacks(self, n: int, *, message_sid: str | None = None, timeout: float = 10.0) -> list[dict]:
+        """Wait until at least ``n`` status callbacks (for ``message_sid``) were posted; return them."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = self.callbacks(message_sid=message_sid)
+                if len(found) >= n:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"waited {timeout:g}s for {n} status callback(s)"
+                        f"{' for ' + message_sid if message_sid else ''}, got {len(found)}"
+                        + (f" ({', '.join(c['form'].get('MessageStatus', '?') for c in found)})" if found else "")
+                    )
+                self._changed.wait(min(remaining, 0.1))
+
     def wait_for_messages(self, n: int, *, to: str | None = None, timeout: float = 10.0) -> list[dict]:
         """Wait until at least ``n`` outbound messages (to ``to``) arrived; return them all."""
         deadline = time.monotonic() + timeout
@@ -802,6 +1155,8 @@ class Sandbox:
         extra: dict | None = None,
         signature: str | None = None,
         url: str | None = None,
+        media_files: Sequence[tuple[bytes, str]] = (),
+        profile_name: str | None = None,
     ) -> tuple[int, str]:
         """Text ``body`` from ``from_`` to the sandbox number ``to``: Twilio's signed webhook.
 
@@ -809,10 +1164,16 @@ class Sandbox:
         overrides form fields (a ``None`` value removes one); ``signature`` replaces the
         X-Twilio-Signature header (``""`` omits it); ``url`` overrides the number's
         sms_url. Raises ConnectionError / TimeoutError when the webhook cannot be reached.
+
+        ``media`` are (url, content type) pairs sent as they are; ``media_files`` are
+        (bytes, content type) pairs the sandbox hosts (:meth:`add_media`) and sends the URLs of.
+        With ``whatsapp:`` addresses this is a WhatsApp message (Twilio's WhatsApp form, with
+        ``profile_name`` as ProfileName; one media at most) and it opens the 24-hour window.
         """
         result = self._deliver_inbound(
             from_=from_, to=to, body=body, media=media, account_sid=account_sid,
             message_sid=message_sid, extra=extra, signature=signature, url=url,
+            media_files=media_files, profile_name=profile_name,
         )
         return result["status"], result["body"]
 
@@ -825,10 +1186,20 @@ class Sandbox:
         media: Iterable[tuple[str, str]] = (),
         account_sid: str,
         message_sid: str | None = None,
+        media_files: Iterable[tuple[bytes, str]] = (),
+        profile_name: str | None = None,
     ) -> dict[str, str]:
-        """The form Twilio posts for an incoming SMS, in Twilio's field order."""
-        sid = message_sid or _sid("SM")
+        """The form Twilio posts for an incoming SMS (or WhatsApp message, when ``from_`` or
+        ``to`` is a ``whatsapp:`` address), in Twilio's field order. ``media_files`` are
+        hosted with :meth:`add_media` first."""
         media = list(media)
+        media_files = list(media_files)
+        whatsapp = _is_whatsapp(from_) or _is_whatsapp(to)
+        sid = message_sid or _sid("MM" if whatsapp and (media or media_files) else "SM")
+        for content, content_type in media_files:
+            media.append((self.add_media(account_sid, sid, content, content_type), content_type))
+        if whatsapp:
+            return self._whatsapp_form(from_, to, body, media, account_sid, sid, profile_name)
         form: dict[str, str] = {
             "ToCountry": _country_code(to),
             "ToState": "",
@@ -855,11 +1226,54 @@ class Sandbox:
             form[f"MediaUrl{i}"] = media_url
         return form
 
-    def _deliver_inbound(self, *, from_, to, body, media, account_sid, message_sid, extra, signature, url) -> dict:
-        if not E164.match(from_ or ""):
-            raise SandboxError(f"'from' must be an E.164 number, not {from_!r}")
+    def _whatsapp_form(self, from_, to, body, media, account_sid, sid, profile_name) -> dict[str, str]:
+        """Twilio's WhatsApp inbound form (as a real one is ordered)."""
+        form: dict[str, str] = {}
+        for i, (_, content_type) in enumerate(media):
+            form[f"MediaContentType{i}"] = content_type
+        form.update({
+            "SmsMessageSid": sid,
+            "NumMedia": str(len(media)),
+            "ProfileName": profile_name or "",
+            "MessageType": _whatsapp_message_type(media[0][1] if media else None),
+            "SmsSid": sid,
+            "WaId": (_whatsapp_e164(from_) or from_.split(":")[-1]).lstrip("+"),
+            "SmsStatus": "received",
+            "Body": body,
+            "To": to,
+            "NumSegments": "1",
+            "ReferralNumMedia": "0",
+            "MessageSid": sid,
+            "AccountSid": account_sid,
+            "From": from_,
+        })
+        for i, (media_url, _) in enumerate(media):
+            form[f"MediaUrl{i}"] = media_url
+        form["ApiVersion"] = API_VERSION
+        return form
+
+    def _deliver_inbound(
+        self, *, from_, to, body, media, account_sid, message_sid, extra, signature, url,
+        media_files=(), profile_name=None,
+    ) -> dict:
+        whatsapp = _is_whatsapp(from_) or _is_whatsapp(to)
+        if whatsapp:
+            user, sender = _whatsapp_e164(from_), _whatsapp_e164(to)
+            if user is None:
+                raise SandboxError(f"'from' must be a whatsapp:+E.164 address, not {from_!r}")
+            if sender is None:
+                raise SandboxError(f"'to' must be a whatsapp:+E.164 address, not {to!r}")
+            if len(media) + len(media_files) > 1:
+                raise SandboxError("a WhatsApp message carries one media at most: send one message per media")
+            phone = sender
+        else:
+            if not E164.match(from_ or ""):
+                raise SandboxError(f"'from' must be an E.164 number, not {from_!r}")
+            phone = to
         with self._lock:
-            number = self._number_by_phone(to)
+            number = self._number_by_phone(phone)
+            if whatsapp and number is not None and not number.whatsapp:
+                raise SandboxError(f"{phone} is not a WhatsApp sender: add_number(..., whatsapp=True)")
             owner = account_sid or (number.account_sid if number else None)
             if owner is None:
                 raise SandboxError(f"{to!r} is not a sandbox number: add_number() it first, or pass account_sid")
@@ -868,16 +1282,23 @@ class Sandbox:
             if not target:
                 raise SandboxError(f"{to} has no sms_url to deliver to: set one in add_number(), or pass url")
             method = number.sms_method if (number is not None and url is None) else "POST"
-            word = body.strip().upper()
-            if word in _STOP_WORDS:
-                self._opted_out.add(from_)
-            elif word in _START_WORDS:
-                self._opted_out.discard(from_)
+            if whatsapp:  # the user wrote: the 24-hour window (re)opens, whatever the app answers
+                self._windows[(user, sender)] = time.time()
+            else:
+                word = body.strip().upper()
+                if word in _STOP_WORDS:
+                    self._opted_out.add(from_)
+                elif word in _START_WORDS:
+                    self._opted_out.discard(from_)
             messages_before = len(self._messages)
 
-        form = self.inbound_form(
-            from_=from_, to=to, body=body, media=media, account_sid=account.sid, message_sid=message_sid
-        )
+        try:
+            form = self.inbound_form(
+                from_=from_, to=to, body=body, media=media, account_sid=account.sid, message_sid=message_sid,
+                media_files=media_files, profile_name=profile_name,
+            )
+        except (TypeError, ValueError) as exc:
+            raise SandboxError(str(exc)) from None
         for key, value in (extra or {}).items():
             if value is None:
                 form.pop(key, None)
@@ -908,22 +1329,7 @@ class Sandbox:
             headers["X-Twilio-Signature"] = signature
 
         request = urllib.request.Request(target, data=data, headers=headers, method=method)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
-        try:
-            with opener.open(request, timeout=WEBHOOK_TIMEOUT) as response:
-                status, text = response.status, response.read().decode(
-                    response.headers.get_content_charset() or "utf-8", "replace"
-                )
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            text = exc.read().decode(exc.headers.get_content_charset() or "utf-8", "replace") if exc.fp else ""
-        except (socket.timeout, TimeoutError) as exc:
-            raise TimeoutError(f"the webhook {target} did not answer within {WEBHOOK_TIMEOUT:g}s") from exc
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, (socket.timeout, TimeoutError)):
-                raise TimeoutError(f"the webhook {target} did not answer within {WEBHOOK_TIMEOUT:g}s") from exc
-            raise ConnectionError(f"could not deliver the webhook to {target}: {reason}") from exc
+        status, text = _http_exchange(request, target, WEBHOOK_TIMEOUT, "the webhook")
 
         result = {
             "message_sid": form.get("MessageSid"),
@@ -951,8 +1357,19 @@ class Sandbox:
             media = [(str(u), str(t)) for u, t in media]
         except (TypeError, ValueError):
             raise SandboxError("'media' is a list of [url, content_type] pairs") from None
+        media_files = []
+        for item in request.get("media_files") or ():
+            try:
+                content = base64.b64decode(str(item["content_base64"]), validate=True)
+                media_files.append((content, str(item["content_type"])))
+            except (TypeError, KeyError, binascii.Error):
+                raise SandboxError(
+                    "'media_files' is a list of {\"content_base64\": ..., \"content_type\": ...} objects"
+                ) from None
+        profile_name = request.get("profile_name")
+        default_from = WHATSAPP_PREFIX + DEMO_PEER if _is_whatsapp(str(to)) else DEMO_PEER
         result = self._deliver_inbound(
-            from_=request.get("from") or DEMO_PEER,
+            from_=request.get("from") or default_from,
             to=to,
             body=str(request.get("body", "")),
             media=media,
@@ -961,12 +1378,15 @@ class Sandbox:
             extra=request.get("extra"),
             signature=None,
             url=request.get("url"),
+            media_files=media_files,
+            profile_name=None if profile_name is None else str(profile_name),
         )
         return {
             "status": result["status"],
             "body": result["body"],
             "message_sid": result["message_sid"],
             "messages_before": result["messages_before"],
+            "media_urls": [v for k, v in result["form"].items() if re.fullmatch(r"MediaUrl\d+", k)],
         }
 
     def _info(self) -> dict:
@@ -977,6 +1397,11 @@ class Sandbox:
                 "numbers": [
                     {"phone_number": n.phone_number, "account_sid": n.account_sid, "sms_url": n.sms_url}
                     for n in self._numbers
+                ],
+                "whatsapp_senders": [
+                    {"address": WHATSAPP_PREFIX + n.phone_number, "account_sid": n.account_sid, "sms_url": n.sms_url}
+                    for n in self._numbers
+                    if n.whatsapp
                 ],
                 "messages": len(self._messages),
             }
@@ -1045,19 +1470,283 @@ class Sandbox:
         with self._changed:
             self._requests.append(record)
             if message is not None:
-                self._messages.append(
-                    {
-                        "index": len(self._messages) + 1,
-                        "sid": message["sid"],
-                        "account_sid": message["account_sid"],
-                        "auth_user": record["auth_user"],
-                        "form": dict(record["form"]),
-                        "form_multi": copy.deepcopy(record["form_multi"]),
-                        "response": copy.deepcopy(message),
-                        "received_at": record["received_at"],
-                    }
-                )
+                stored = {
+                    "index": len(self._messages) + 1,
+                    "sid": message["sid"],
+                    "account_sid": message["account_sid"],
+                    "auth_user": record["auth_user"],
+                    "form": dict(record["form"]),
+                    "form_multi": copy.deepcopy(record["form_multi"]),
+                    "response": copy.deepcopy(message),
+                    "received_at": record["received_at"],
+                    # Where the message is now (an SMS stays queued: nothing delivers it).
+                    "channel": "sms",
+                    "status": message["status"],
+                    "statuses": [message["status"]],
+                    "error_code": None,
+                    "error_message": None,
+                }
+                job = self._jobs.get(message["sid"])
+                if job is not None:
+                    stored.update(
+                        channel="whatsapp",
+                        template=job["template"],
+                        window_open=job["window_open"],
+                        media_fetched=[],
+                        media_delivered=job["media"][0] if job["media"] else None,
+                        media_ignored=list(job["media"][1:]),  # Twilio sends one media on WhatsApp
+                    )
+                self._messages.append(stored)
             self._changed.notify_all()
+
+    # -- WhatsApp internals ---------------------------------------------------------------
+
+    def _media_location(self, account_sid: str, message_sid: str, media_sid: str) -> tuple[str | None, str]:
+        """Where a media URL redirects to (None: no such media)."""
+        with self._lock:
+            media = self._media.get((account_sid, message_sid, media_sid))
+        if media is None:
+            return None, media_sid
+        return media.redirect_to or f"{self.url}{_CDN_PREFIX}{media.token}", media.sid
+
+    def _media_by_token(self, token: str) -> _Media | None:
+        with self._lock:
+            return self._cdn.get(token)
+
+    def _create_whatsapp_message(self, account: Account, form: dict[str, list[str]]) -> dict:
+        """Messages.json with a whatsapp: From or To: checked now, settled by _run_job."""
+        fields = _last_values(form)
+        to = fields.get("To", "")
+        if not to:
+            raise _Reply(400, 21604, "A 'To' phone number is required.")
+        user = _whatsapp_e164(to)
+        if user is None:
+            raise _Reply(400, 21211, f"Invalid 'To' Phone Number: {to}")
+        from_ = fields.get("From", "")
+        if not from_:  # a Messaging Service choosing a WhatsApp sender is not simulated
+            raise _Reply(400, 21603, "A 'From' phone number is required.")
+        sender = _whatsapp_e164(from_)
+        with self._lock:
+            number = self._number_by_phone(sender) if sender else None
+        if number is None or number.account_sid != account.sid or not number.whatsapp:
+            raise _Reply(400, 63007, "Twilio could not find a Channel with the specified From address")
+        body = fields.get("Body", "")
+        media = [u for u in form.get("MediaUrl", []) if u]
+        template = bool(fields.get("ContentSid"))  # a Content API template: allowed outside the window
+        if not body and not media and not template:
+            raise _Reply(400, 21602, "Message body is required.")
+        if len(body) > 1600:
+            raise _Reply(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
+        if len(media) > 10:
+            raise _Reply(400, 21623, "The number of media files associated with the message exceeds the limit of 10.")
+
+        sid = _sid("MM" if media else "SM")
+        created = _rfc2822(_now())
+        base = f"/{API_VERSION}/Accounts/{account.sid}/Messages/{sid}"
+        service = fields.get("MessagingServiceSid", "")
+        payload = {
+            "account_sid": account.sid,
+            "api_version": API_VERSION,
+            "body": body,
+            "date_created": created,
+            "date_sent": None,
+            "date_updated": created,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": from_,
+            "messaging_service_sid": service or None,
+            "num_media": str(len(media)),
+            "num_segments": "1",
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "queued",
+            "subresource_uris": {"media": f"{base}/Media.json"},
+            "to": to,
+            "uri": f"{base}.json",
+        }
+        with self._lock:
+            self._jobs[sid] = {
+                "sid": sid,
+                "account_sid": account.sid,
+                "from": from_,
+                "to": to,
+                "user": user,
+                "sender": sender,
+                "media": media,
+                "template": template,
+                "window_open": template or self.window_open(user, sender),
+                "status_callback": fields.get("StatusCallback") or None,
+            }
+        return payload
+
+    def _start_job(self, sid: str) -> None:
+        """After the 201 went out: settle a WhatsApp message in the background, like Twilio."""
+        with self._lock:
+            job = self._jobs.pop(sid, None)
+            if job is None or self._stopping.is_set():
+                return
+            worker = threading.Thread(target=self._run_job, args=(job,), name=f"twilio-sandbox-wa:{sid}", daemon=True)
+            self._workers.add(worker)
+        worker.start()
+
+    def _run_job(self, job: dict) -> None:
+        try:
+            if not job["window_open"]:
+                self._settle(job, "failed", _WA_OUTSIDE_WINDOW)
+                return
+            fetched = []
+            for url in job["media"]:
+                if self._stopping.is_set():
+                    return
+                fetched.append(self._fetch_media(url))
+            self._update_message(job["sid"], media_fetched=fetched)
+            error = self._media_error(fetched[0]) if fetched else None  # only the first is delivered
+            if error is not None:
+                self._settle(job, "failed", error)
+                return
+            self._settle(job, "sent")
+            if not self._stopping.is_set():
+                self._settle(job, "delivered")
+        except Exception:  # pragma: no cover - a sandbox bug must not pass silently
+            log.exception("the sandbox failed settling WhatsApp message %s", job["sid"])
+        finally:
+            with self._lock:
+                self._workers.discard(threading.current_thread())
+
+    def _update_message(self, sid: str, **changes: Any) -> None:
+        with self._changed:
+            for message in self._messages:
+                if message["sid"] == sid:
+                    message.update(changes)
+                    break
+            self._changed.notify_all()
+
+    def _settle(self, job: dict, status: str, error: tuple[int, str] | None = None) -> None:
+        code, text = error if error else (None, None)
+        with self._changed:
+            for message in self._messages:
+                if message["sid"] == job["sid"]:
+                    message["status"] = status
+                    message["statuses"].append(status)
+                    message["error_code"], message["error_message"] = code, text
+                    break
+            self._changed.notify_all()
+        if job["status_callback"] and not self._stopping.is_set():
+            self._post_status_callback(job, status, code, text)
+
+    def _post_status_callback(self, job: dict, status: str, code: int | None, text: str | None) -> None:
+        url = job["status_callback"]
+        with self._lock:
+            account = self._accounts.get(job["account_sid"])
+            install = self._channel_installs.get(job["sender"]) or ""
+        form = {
+            "ChannelPrefix": "whatsapp",
+            "ApiVersion": API_VERSION,
+            "MessageStatus": status,
+            "SmsSid": job["sid"],
+            "SmsStatus": status,
+            "ChannelInstallSid": install,
+            "To": job["to"],
+            "From": job["from"],
+            "MessageSid": job["sid"],
+            "AccountSid": job["account_sid"],
+            "ChannelToAddress": _mask_number(job["user"]),
+        }
+        if code is not None:
+            form["ErrorCode"] = str(code)
+            form["ErrorMessage"] = text or ""
+        record = {
+            "message_sid": job["sid"],
+            "url": url,
+            "method": "POST",
+            "form": dict(form),
+            "status": None,
+            "body": None,
+            "error": None,
+            "posted_at": time.time(),
+        }
+        if account is None:
+            record["error"] = "the account is gone"
+        elif not _is_local_url(url, (self.host,)):
+            record["error"] = "not posted: the sandbox only reaches loopback URLs, never the internet"
+        else:
+            headers = {
+                "User-Agent": "TwilioProxy/1.1",
+                "Accept": "*/*",
+                "Cache-Control": "max-age=259200",
+                "Content-Type": "application/x-www-form-urlencoded",
+                "I-Twilio-Idempotency-Token": str(uuid.uuid4()),
+                "X-Twilio-Signature": RequestValidator(account.auth_token).compute_signature(url, form),
+            }
+            data = urllib.parse.urlencode(form).encode("utf-8")
+            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+            try:
+                record["status"], record["body"] = _http_exchange(request, url, CALLBACK_TIMEOUT, "the status callback")
+            except (ConnectionError, TimeoutError) as exc:
+                record["error"] = str(exc)
+        if record["error"]:
+            log.info("status callback %s for %s: %s", status, job["sid"], record["error"])
+        with self._changed:
+            self._callbacks.append(record)
+            self._changed.notify_all()
+
+    def _fetch_media(self, url: str) -> dict:
+        """Twilio fetching an outbound MediaUrl: a plain GET, no auth, no redirects, bounded."""
+        entry: dict[str, Any] = {
+            "url": url, "status": None, "content_type": None, "size": None, "sha256": None, "error": None,
+        }
+        if not _is_local_url(url, (self.host,)):
+            entry["error"] = "not fetched: the sandbox only reaches loopback URLs, never the internet"
+            return entry
+        request = urllib.request.Request(url, headers={"User-Agent": "TwilioProxy/1.1", "Accept": "*/*"}, method="GET")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        deadline = time.monotonic() + MEDIA_FETCH_TIMEOUT
+        limit = WHATSAPP_MAX_MEDIA_BYTES
+        try:
+            with opener.open(request, timeout=MEDIA_FETCH_TIMEOUT) as response:
+                entry["status"] = response.status
+                entry["content_type"] = _media_type(response.headers.get("Content-Type"))
+                digest, size = hashlib.sha256(), 0
+                while size <= limit:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the media {url} took longer than {MEDIA_FETCH_TIMEOUT:g}s")
+                    chunk = response.read(min(65536, limit + 1 - size))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    size += len(chunk)
+                entry["size"] = size
+                if size > limit:  # not read to the end: the declared length, if any
+                    declared = response.headers.get("Content-Length", "")
+                    entry["size"] = int(declared) if declared.isdigit() and int(declared) > size else size
+                else:
+                    entry["sha256"] = digest.hexdigest()
+        except urllib.error.HTTPError as exc:
+            entry["status"] = exc.code
+            entry["content_type"] = _media_type(exc.headers.get("Content-Type")) if exc.headers else None
+            if 300 <= exc.code < 400:
+                entry["location"] = exc.headers.get("Location")
+            exc.close()
+        except (socket.timeout, TimeoutError) as exc:
+            entry["error"] = f"timed out: {exc}"
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            entry["error"] = str(getattr(exc, "reason", exc))
+        return entry
+
+    @staticmethod
+    def _media_error(entry: dict) -> tuple[int, str] | None:
+        """Why WhatsApp would refuse this fetched media (None: it goes)."""
+        if entry["error"] or entry["status"] != 200:
+            return _WA_MEDIA_DOWNLOAD
+        content_type = entry["content_type"] or ""
+        if not _whatsapp_type_ok(content_type):
+            return _WA_MEDIA_TYPE
+        limit = WHATSAPP_MAX_IMAGE_BYTES if content_type.startswith("image/") else WHATSAPP_MAX_MEDIA_BYTES
+        if entry["size"] is None or entry["size"] > limit:
+            return _WA_MEDIA_SIZE
+        return None
 
     def _list_numbers(self, account: Account, path: str, query: dict[str, list[str]]) -> dict:
         q = _last_values(query)
@@ -1107,6 +1796,8 @@ class Sandbox:
 
     def _create_message(self, account: Account, form: dict[str, list[str]]) -> dict:
         fields = _last_values(form)
+        if _is_whatsapp(fields.get("To")) or _is_whatsapp(fields.get("From")):
+            return self._create_whatsapp_message(account, form)
         to = fields.get("To", "")
         if not to:
             raise _Reply(400, 21604, "A 'To' phone number is required.")
@@ -1179,13 +1870,17 @@ class Sandbox:
         }
 
 
-def demo_sandbox(host: str = "127.0.0.1", port: int = 0, sms_url: str | None = None) -> Sandbox:
+def demo_sandbox(
+    host: str = "127.0.0.1", port: int = 0, sms_url: str | None = None, whatsapp_url: str | None = None
+) -> Sandbox:
     """A started sandbox with the demo account (DEMO_ACCOUNT_SID / DEMO_AUTH_TOKEN, Full)
-    owning DEMO_NUMBER and DEMO_SPARE_NUMBER, whose incoming texts go to ``sms_url``."""
+    owning DEMO_NUMBER and DEMO_SPARE_NUMBER, whose incoming texts go to ``sms_url``, and the
+    WhatsApp sender DEMO_WHATSAPP_NUMBER, whose incoming WhatsApp messages go to ``whatsapp_url``."""
     sandbox = Sandbox(host, port)
     sandbox.add_account(DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, type="Full", friendly_name="Sophon sandbox (demo)")
     sandbox.add_number(DEMO_ACCOUNT_SID, DEMO_NUMBER, sms_url=sms_url, mms=True)
     sandbox.add_number(DEMO_ACCOUNT_SID, DEMO_SPARE_NUMBER, sms_url=sms_url)
+    sandbox.add_number(DEMO_ACCOUNT_SID, DEMO_WHATSAPP_NUMBER, sms_url=whatsapp_url, whatsapp=True)
     sandbox.verify_caller_id(DEMO_ACCOUNT_SID, DEMO_PEER)
     return sandbox.start()
 
@@ -1198,17 +1893,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8089, help="port to listen on, 0 for any free one (default: 8089)")
     parser.add_argument("--sms-url", default=None, help="webhook that incoming texts to the demo number are posted to")
+    parser.add_argument(
+        "--whatsapp-url", default=None, help="webhook that incoming WhatsApp messages to the demo sender are posted to"
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    sandbox = demo_sandbox(args.host, args.port, args.sms_url)
+    sandbox = demo_sandbox(args.host, args.port, args.sms_url, args.whatsapp_url)
     try:
         print(f"Twilio sandbox listening on {sandbox.url}", flush=True)
         print(f"  Account SID : {DEMO_ACCOUNT_SID}", flush=True)
         print(f"  Number      : {DEMO_NUMBER} -> {args.sms_url or '(no sms_url: incoming texts are not delivered)'}", flush=True)
+        print(
+            f"  WhatsApp    : {WHATSAPP_PREFIX}{DEMO_WHATSAPP_NUMBER} -> "
+            f"{args.whatsapp_url or '(no whatsapp url: incoming WhatsApp messages are not delivered)'}",
+            flush=True,
+        )
         print(f"  Phone       : {DEMO_PEER} (the simulated handset)", flush=True)
         print("  Auth token  : sophon_sms_twilio.sandbox.DEMO_AUTH_TOKEN (not printed)", flush=True)
         print(f"  Text it     : POST {sandbox.url}/_sandbox/inbound {{\"body\": \"hello\"}}", flush=True)
