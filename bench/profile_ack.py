@@ -8,6 +8,7 @@ into the venv with pip when missing (benchmark only).
 
     .venv/bin/python bench/profile_ack.py [--agent default|slow20] [--sync FULL|NORMAL]
         [--workers 1] [--connections 16] [--threads 16] [--seconds 15] [--prefill 100000] [--idle | --gil]
+        [--no-pin]
 
 ``--idle`` samples waiting threads too (wall clock: lock and fsync waits show up);
 without it only threads py-spy sees running are sampled (threads waiting for the
@@ -86,6 +87,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=sb.DEFAULT_THREADS,
                     help="gunicorn threads per worker (as bench/run --threads)")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                    help="CPU pinning as bench/run (default: on with 2 CPUs or more)")
     ap.add_argument("--out", type=Path, default=sb.BENCH / "results" / "profiles")
     args = ap.parse_args()
     py_spy = ensure_py_spy()
@@ -95,7 +98,7 @@ def main() -> int:
                             "slow_agent_seconds": 20})
     bench = sb.Bench(profile, out=args.out / "unused.json", only=[], wrk=found["wrk"],
                      wrk_version=found["wrk_version"], wrk_threads=2, gunicorn_threads=args.threads, access_log=False,
-                     keep=False, seconds=None)
+                     keep=False, seconds=None, pin=args.pin)
     name = f"{args.agent}-{args.sync}-w{args.workers}-c{args.connections}-t{args.threads}" + (
         f"-prefill{args.prefill}" if args.prefill else "") + ("-idle" if args.idle else "") + (
         "-native" if args.native else "") + ("-gil" if args.gil else "")

@@ -21,6 +21,11 @@ Sections (``--only`` picks some):
 Every server gets identical gunicorn settings: ``sophon_core.server.gunicorn_argv``
 (gthread, same workers and threads, Sophon's ``--config``) with only the app
 changed, and without ``--access-logfile -`` for all of them (no access log).
+
+CPU pinning (``--pin``, the default on a machine with 2 CPUs or more): wrk and the
+sandbox stand in for other machines (Twilio's webhook senders and its REST API), so
+they run on CPUs of their own and every server under test, reference apps included,
+on the others (``split_cpus``); ``--no-pin`` shares every CPU among all of them.
 """
 from __future__ import annotations
 
@@ -106,6 +111,33 @@ PROFILES = {
                      scale_workers=(1, 2), scale_connections=8, history_messages=2_000,
                      history_connections=8, drain_timeout=60),
 }
+
+
+def split_cpus(cpus: set[int]) -> tuple[set[int], set[int]] | None:
+    """The CPUs of the server under test and those of the load (wrk and the sandbox): the
+    first half (rounded up) for the server, the rest for the load; None with fewer than 2."""
+    ordered = sorted(cpus)
+    if len(ordered) < 2:
+        return None
+    half = (len(ordered) + 1) // 2
+    return set(ordered[:half]), set(ordered[half:])
+
+
+def cpu_list(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def thread_affinities(pid: int) -> set[str]:
+    """``Cpus_allowed_list`` of every thread of a process (as /proc shows it)."""
+    out = set()
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    out.add(line.split(":", 1)[1].strip())
+        except OSError:
+            pass
+    return out
 
 
 def log(msg: str) -> None:
@@ -201,7 +233,7 @@ class Point:
 class Bench:
     def __init__(self, profile: Profile, *, out: Path, only: Sequence[str], wrk: str, wrk_version: str,
                  wrk_threads: int, gunicorn_threads: int, access_log: bool, keep: bool, seconds: float | None,
-                 ack_servers: Sequence[str] = ACK_SERVERS):
+                 ack_servers: Sequence[str] = ACK_SERVERS, pin: bool | None = None):
         from sophon_sms_twilio.sandbox import Sandbox
 
         from sophon_core.testing import free_port
@@ -220,6 +252,18 @@ class Bench:
         self.threads = gunicorn_threads
         self.access_log = access_log
         self.keep = keep
+        # Pinning (module docstring): this thread's CPUs before the sandbox's threads and
+        # wrk exist, so they inherit the load's CPUs; each server gets the others at its start.
+        cpus = set(os.sched_getaffinity(0))
+        split = split_cpus(cpus) if pin or pin is None else None
+        if pin and split is None:
+            log(f"bench: --pin needs 2 CPUs or more ({len(cpus)} available); running unpinned")
+        self.server_cpus, self.load_cpus = split if split else (None, None)
+        if self.load_cpus:
+            os.sched_setaffinity(0, self.load_cpus)
+            log(f"bench: servers under test pinned to CPU(s) {cpu_list(self.server_cpus)}, wrk and the "
+                f"sandbox to CPU(s) {cpu_list(self.load_cpus)}")
+        self.affinity_seen: dict[str, list[str]] = {}  # server label -> its threads' CPU lists
         self.tmp = Path(tempfile.mkdtemp(prefix="sophon-bench-"))
         self.port = free_port()
         self.public = f"http://127.0.0.1:{self.port}"
@@ -292,7 +336,7 @@ class Bench:
             logfile = self.logs / (f"{label}.log" if attempt == 1 else f"{label}-attempt{attempt}.log")
             out = open(logfile, "wb")  # noqa: SIM115 (closed when the server stops)
             proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=self.tmp, start_new_session=True)
+                                    cwd=self.tmp, start_new_session=True, preexec_fn=self._pin_server)
             running = Running(label, kind, self.public, proc, logfile, workers, Path(env["SOPHON_DATA_DIR"]))
             booted = time.monotonic()
             problem = self._boot(running, workers)
@@ -309,6 +353,8 @@ class Bench:
             if attempt == 3:
                 raise RuntimeError(f"{label}: failed to boot three times; see {logfile}")
         log(f"bench: {label}: {kind} up with {workers} worker(s) in {time.monotonic() - booted:.1f} s")
+        self.affinity_seen[label] = sorted(set().union(*(thread_affinities(p) for p in
+                                                         [proc.pid, *running.worker_pids()])))
         try:
             yield running
         finally:
@@ -325,6 +371,11 @@ class Bench:
                 self.log_errors.append({"server": label, "log": str(logfile), "error_lines": len(bad),
                                         "first": bad[0][:300]})
                 log(f"bench: {label}: {len(bad)} ERROR line(s) in the server log {logfile}: {bad[0][:200]}")
+
+    def _pin_server(self) -> None:
+        """In the server's process, before gunicorn starts (its workers inherit it)."""
+        if self.server_cpus:
+            os.sched_setaffinity(0, self.server_cpus)
 
     def _boot(self, running: Running, workers: int) -> str | None:
         """Wait until /healthz answers and ``workers`` workers run, and still do a moment later.
@@ -860,6 +911,10 @@ class Bench:
                 "wrk": self.wrk_version, "wrk_threads": self.wrk_threads, "wrk_timeout_s": 30,
                 "seconds_per_point": self.p.seconds, "warmup_s": self.p.warmup,
                 "sandbox": "in the benchmark process (sophon_sms_twilio.sandbox.Sandbox)",
+                "pinning": ({"server_cpus": sorted(self.server_cpus), "load_cpus": sorted(self.load_cpus),
+                             "servers_seen_on": self.affinity_seen,
+                             "load_seen_on": sorted(thread_affinities(os.getpid()))}
+                            if self.server_cpus else "off: every process on every CPU"),
                 "load": "wrk, pre-signed Twilio webhooks (unique MessageSid and idempotency token each)",
                 "sophon_env": {"SOPHON_PIPELINE_THREADS": os.environ.get("SOPHON_PIPELINE_THREADS", "8 (default)"),
                                "SOPHON_AGENT_TIMEOUT": self.p.slow_agent_seconds + 40,
@@ -964,6 +1019,9 @@ def print_table(r: dict) -> None:
           f"{' (dirty)' if r['git']['dirty'] else ''}; gunicorn gthread x {st['threads_per_worker']} threads, "
           f"access log {'on' if 'on' in st['access_log'] else 'off'} for every server; {st['wrk']}, "
           f"{st['wrk_threads']} wrk threads, {st['seconds_per_point']:g} s per point; everything on loopback")
+    pin = st.get("pinning")
+    print("CPU pinning: " + (f"servers on {cpu_list(set(pin['server_cpus']))}, wrk and the sandbox on "
+                             f"{cpu_list(set(pin['load_cpus']))}" if isinstance(pin, dict) else "off"))
     if "ack" in s:
         print("\n1. Webhook acknowledgement, POST /api/channels/sms/webhook")
         print(f"{'server':<16}{'workers':>8}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
@@ -1074,6 +1132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "serve`)")
     ap.add_argument("--access-log", action="store_true", help="access log on (stdout) for every server")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (stores, request files)")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                    help="servers under test on half the CPUs, wrk and the sandbox on the others (default: on "
+                         "with 2 CPUs or more); --no-pin: everything shares every CPU")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
@@ -1093,7 +1154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     bench = Bench(profile, out=out, only=only, wrk=found["wrk"], wrk_version=found["wrk_version"],
                   wrk_threads=args.wrk_threads, gunicorn_threads=args.threads, access_log=args.access_log,
-                  keep=args.keep, seconds=args.seconds, ack_servers=ack_servers)
+                  keep=args.keep, seconds=args.seconds, ack_servers=ack_servers, pin=args.pin)
     try:
         result = bench.run()
     finally:

@@ -136,8 +136,12 @@ class MediaFiles:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
+    """Whole or not at all, and on disk before the part that names it is recorded."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
     tmp.replace(path)
 
 

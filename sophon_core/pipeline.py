@@ -13,14 +13,17 @@ The one window that cannot be closed: a crash after the provider accepted a
 part and before its id was recorded makes that part go out twice.
 
 Durability (``SOPHON_SQLITE_SYNC=FULL``, the default): the acknowledgement's
-transaction (message and job) is fsynced before the 200, and so are consent
-changes. The runners' bookkeeping (claim, parts and reply, pacing slot, the
-part's start, its provider id, the job's end, lease renewals) is committed with
-``synchronous=NORMAL``: consistent, and safe against the crash of a process or
-of every process (the commits are in the OS's hands), but not fsynced by
-itself; it reaches the disk with the next fsynced commit of any worker (each
-acknowledgement's fsync covers the whole log before it) and at the latest
-``SYNC_EVERY`` (1 s) later, from the heartbeat thread. A power cut or an OS crash
+transaction (message and job) is on disk before the 200, and so are consent
+changes: SQLite commits without an fsync and the store fsyncs the write-ahead
+log right after, outside the write lock (``Store._await_sync``); a runner is
+handed a job only once its message is on disk too. The runners' bookkeeping
+(claim, parts and reply, pacing slot, the part's start, its provider id, the
+job's end, lease renewals) is committed without waiting for an fsync:
+consistent, and safe against the crash of a process or of every process (the
+commits are in the OS's hands), but not fsynced by itself; it reaches the
+disk with the next fsync of the log by any worker (each acknowledgement's
+fsync covers the whole log before it) and at the latest ``SYNC_EVERY`` (1 s)
+later, from the heartbeat thread. A power cut or an OS crash
 can therefore roll the store back to a consistent point up to about a second
 old, never to before an acknowledged message. What it rolls back is redone
 after the restart: the job runs again, so a part the provider accepted in that

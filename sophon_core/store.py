@@ -12,12 +12,14 @@ out. Each outbound part is recorded (``pending``) before it is sent, marked
 """
 from __future__ import annotations
 
+import collections
+import fcntl
 import json
 import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -127,10 +129,10 @@ def _wal(db: sqlite3.Connection, tries: int = 100) -> None:
 class _Pending:
     """One ``accept_inbound`` call waiting to be committed (see ``Store._commit_batch``)."""
 
-    __slots__ = ("args", "done", "result", "error")
+    __slots__ = ("args", "done", "result", "error", "number")
 
     def __init__(self, args: tuple):
-        self.args, self.done, self.result, self.error = args, False, None, None
+        self.args, self.done, self.result, self.error, self.number = args, False, None, None, 0
 
 
 class LeaseLost(Exception):
@@ -172,14 +174,26 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         # Writers of this process queue here, in order, instead of in SQLite's busy handler
-        # (which sleeps 1, 2, 5 ... 100 ms between tries, first come not first served).
+        # (which sleeps 1, 2, 5 ... 100 ms between tries, first come not first served);
+        # writers of other processes queue on a lock on this file (see _locked).
         self._write_lock = threading.Lock()
+        self._lock_path = Path(f"{self.path}-writelock")
+        self._lock_fd: int | None = None
+        self._lock_pid = 0  # the process that opened _lock_fd (a forked child opens its own)
         self._pending: list[_Pending] = []  # accepts waiting for the next group commit
         self._pending_lock = threading.Lock()
         # A relaxed commit (see relax_this_thread) of this process since the last durable one.
         self._unsynced = False
+        # fsyncs of the write-ahead log after the commit, outside the write lock (see _await_sync)
+        self._sync_cv = threading.Condition(threading.Lock())
+        self._committed = 0  # commits (and barriers) of this process so far, numbered
+        self._covered = 0  # the highest number a finished fsync round covered (whether it worked or not)
+        self._syncing = False  # a round is under way
+        self._failed: collections.deque = collections.deque(maxlen=1000)  # (after, upto, error) of failed rounds
         self._conn().executescript(_SCHEMA)  # idempotent; executescript commits by itself
         self._migrate()
+        if self._full:
+            self._fsync_wal()
 
     def _migrate(self) -> None:
         """Bring a store made by an older version up to date (columns added since)."""
@@ -192,27 +206,62 @@ class Store:
                 if "duplicate column" not in str(exc):
                     raise
 
+    @property
+    def _full(self) -> bool:
+        return self.synchronous == "FULL"
+
     def _conn(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             _wal(db)
-            # FULL: an acknowledged message survives power loss; NORMAL: process crashes only.
-            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            # SQLite itself never fsyncs a commit (NORMAL); under FULL the commits that must be
+            # durable are fsynced by _await_sync, after the commit and outside the write lock.
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=30000")
             self._local.db = db
         return db
 
     @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The write lock: this process's threads queue on ``_write_lock``, then the processes
+        on an exclusive ``flock`` of ``<db>-writelock``.
+
+        Without the second lock a worker that finds another process's transaction under
+        way waits in SQLite's busy handler, which sleeps 1, 2, 5 ... 100 ms between tries
+        and so often sleeps well past the moment the lock came free; ``flock`` wakes the
+        waiter as soon as it is released. It is released by the kernel when its holder
+        dies (the file descriptor closes), so a killed worker never leaves it taken. Each
+        process opens the file itself (a descriptor inherited through ``fork`` shares the
+        parent's lock), and each Store object too (two objects of one process on one
+        database exclude each other like two processes). SQLite's own lock is still
+        taken inside it (``BEGIN IMMEDIATE``): writers that do not use this lock, such
+        as an older version or the ``sqlite3`` shell, stay correct, merely slower.
+        """
+        with self._write_lock:
+            if self._lock_pid != os.getpid():
+                if self._lock_fd is not None:  # inherited from the parent: not ours to use
+                    os.close(self._lock_fd)
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._lock_pid = os.getpid()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextmanager
     def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once (no lock upgrade deadlocks between workers).
 
-        :param durable: fsynced (``synchronous=FULL``) even on a relaxed thread
-            (``relax_this_thread``): for what must survive a power cut.
+        Under ``FULL`` it returns only once the commit is on disk (``_await_sync``), except
+        on a relaxed thread (``relax_this_thread``).
+        :param durable: on disk before it returns even on a relaxed thread: for what must
+            survive a power cut.
         """
         db = self._conn()
-        relaxed = self._relaxed() and not durable
-        with self._write_lock, (self._durable(db) if durable else nullcontext()):
+        wait = self._full and (durable or not self._relaxed())
+        with self._locked():
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -220,8 +269,92 @@ class Store:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-            if relaxed:
+            number = self._number()
+            if self._full and not wait:
                 self._unsynced = True
+        if wait:
+            self._await_sync(number)
+
+    # --- durability -----------------------------------------------------------------
+
+    def _number(self) -> int:
+        """Number a commit that just ended (or a barrier): fsync rounds that begin from now on cover it."""
+        with self._sync_cv:
+            self._committed += 1
+            return self._committed
+
+    def _await_sync(self, number: int) -> None:
+        """Return once an fsync of the write-ahead log that began after commit ``number``
+        succeeded; raise ``OSError`` if the first such fsync failed.
+
+        Why an fsync of the ``-wal`` file after a ``synchronous=NORMAL`` commit makes that
+        commit as durable as a ``FULL`` one: in WAL mode a commit appends its pages to the
+        log and ends with a commit frame; ``FULL`` only adds an fsync of the log at that
+        point, before the commit is published to other connections. The frames of a commit
+        are never overwritten or removed before a checkpoint has copied every frame of
+        the log into the database file and synced it (SQLite restarts the log only then,
+        and syncs a new log header before writing frames after it; the checkpoints of
+        NORMAL and FULL connections sync alike). So an fsync of the log that starts after
+        the commit either puts the commit's frames on disk, or finds them already copied
+        into the synced database file (then the log may even be gone: nothing to do).
+        Recovery after a power cut replays the log up to the last valid commit frame,
+        ours included.
+
+        The fsync happens here, outside the write lock: the next transaction (another
+        group commit, a runner's bookkeeping) is written meanwhile, instead of waiting for
+        the disk. Rounds: one thread at a time fsyncs, covering every commit numbered
+        before it began; the threads that commit meanwhile wait and share the next round.
+        What differs from ``FULL`` is only what other connections see: a commit is visible
+        to them (e.g. a runner claiming its job) before it is on disk; ``claim`` therefore
+        waits for a round too before it hands a job out.
+
+        A failed fsync fails every commit it was to cover (their requests get a 5xx, and
+        Twilio retries: the retry is a duplicate, which waits for a round of its own) and
+        each later commit until a round succeeds. As with SQLite's own ``FULL`` commit,
+        which fails the same way, a later successful fsync is taken at its word (on Linux
+        a failed write-back can leave pages of the file unwritten; the kernel reports that
+        once).
+        """
+        with self._sync_cv:
+            while self._covered < number:
+                if self._syncing:
+                    self._sync_cv.wait()
+                    continue
+                self._syncing = True
+                after, upto = self._covered, self._committed
+                error: BaseException | None = None
+                self._sync_cv.release()
+                try:
+                    self._fsync_wal()
+                except BaseException as exc:
+                    error = exc
+                finally:
+                    self._sync_cv.acquire()
+                    self._covered, self._syncing = upto, False
+                    if error is not None:
+                        self._failed.append((after, upto, error))
+                    self._sync_cv.notify_all()
+                if error is not None and not isinstance(error, Exception):
+                    raise error
+            for after, upto, error in self._failed:
+                if after < number <= upto:
+                    raise OSError(f"the store could not be synced to disk: {error}") from error
+
+    def _barrier(self) -> None:
+        """Under ``FULL``: return once an fsync that began after this call succeeded, so that
+        whatever this process saw committed (by any process) is on disk."""
+        if self._full:
+            self._await_sync(self._number())
+
+    def _fsync_wal(self) -> None:
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # checkpointed into the (synced) database file and removed
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # --- durability of the reply side ---------------------------------------------
 
@@ -229,34 +362,19 @@ class Store:
         return getattr(self._local, "relaxed", False)
 
     def relax_this_thread(self) -> None:
-        """Commit this thread's writes with ``synchronous=NORMAL``: no fsync of their own.
+        """This thread's commits return without waiting for an fsync.
 
         For the pipeline's runner threads (reply bookkeeping: claim, parts, pacing, sent
-        ids), whose five or so commits per reply part would otherwise take an fsync each
-        and hold the write lock that acknowledgements wait for. In WAL mode such a commit
-        is consistent and survives a crash of the process; it reaches the disk with the
-        next fsynced commit of any connection (an acknowledgement's fsync covers the whole
-        log before it), or with ``sync_relaxed`` at the latest. A power cut before that
-        rolls the store back to an earlier consistent point (see pipeline.py).
-        Acknowledged messages (``accept_inbound``, ``record_consent``) and
-        ``_write(durable=True)`` stay fsynced on any thread. Changes nothing for a store
-        opened with ``NORMAL``.
+        ids), whose five or so commits per reply part would otherwise wait for a disk
+        flush each. In WAL mode such a commit is consistent and survives a crash of the
+        process; it reaches the disk with the next fsync of the log (any acknowledgement's
+        covers the whole log before it), or with ``sync_relaxed`` at the latest. A power
+        cut before that rolls the store back to an earlier consistent point (see
+        pipeline.py). Acknowledged messages (``accept_inbound``, ``record_consent``) and
+        ``_write(durable=True)`` still wait for their fsync on any thread. Changes nothing
+        for a store opened with ``NORMAL``.
         """
-        if self.synchronous == "FULL" and not self._relaxed():
-            self._conn().execute("PRAGMA synchronous=NORMAL")
-            self._local.relaxed = True
-
-    @contextmanager
-    def _durable(self, db: sqlite3.Connection) -> Iterator[None]:
-        """Commits inside are fsynced, on a relaxed thread too (caller holds ``_write_lock``)."""
-        relaxed = self._relaxed()
-        if relaxed:
-            db.execute("PRAGMA synchronous=FULL")  # (not allowed inside a transaction)
-        try:
-            yield
-        finally:
-            if relaxed and not db.in_transaction:  # (a failed COMMIT: stays FULL, the safe side)
-                db.execute("PRAGMA synchronous=NORMAL")
+        self._local.relaxed = True
 
     def sync_relaxed(self) -> bool:
         """Put this process's relaxed commits on disk now, if there were any since the last
@@ -270,16 +388,10 @@ class Store:
             return False
         self._unsynced = False  # before the fsync: a commit after this point is synced next time
         try:
-            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
-        except FileNotFoundError:  # checkpointed into the (synced) database file and removed
-            return False
-        try:
-            os.fsync(fd)
+            self._fsync_wal()
         except BaseException:
             self._unsynced = True
             raise
-        finally:
-            os.close(fd)
         return True
 
     # --- inbound -------------------------------------------------------------------
@@ -290,9 +402,11 @@ class Store:
         and today's usage, committed before this returns.
 
         Group commit: webhook threads of one process that arrive while another
-        transaction is committing are stored together in the next transaction (one
-        fsync for all, each under its own savepoint), and each returns only after
-        that commit. A failure of one message rolls back only that message.
+        transaction is committing are stored together in the next transaction (each
+        under its own savepoint); a failure of one message rolls back only that message.
+        Under ``FULL`` each returns only once an fsync that began after that commit
+        succeeded (``_await_sync``: outside the write lock, one for every commit made
+        meanwhile), a duplicate too.
 
         :param max_per_hour: when the sender already sent this many messages to the
             channel in the last hour, the message is stored as ``rate-limited``, no job.
@@ -302,31 +416,32 @@ class Store:
         item = _Pending((msg, session_key, max_per_hour, delivery_key))
         with self._pending_lock:
             self._pending.append(item)
-        with self._write_lock:
+        with self._locked():
             if not item.done:  # nobody took it along: commit it and whatever else is waiting
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
                 self._commit_batch(batch)
         if item.error is not None:
             raise item.error
+        if self._full:  # on disk before the 200, duplicates too (their first copy may not be yet)
+            self._await_sync(item.number)
         return item.result
 
     def _commit_batch(self, batch: list["_Pending"]) -> None:
-        """One transaction for every pending accept (caller holds ``_write_lock``)."""
+        """One transaction for every pending accept (caller holds the write lock)."""
         db = self._conn()
         try:
-            with self._durable(db):  # acknowledged messages are fsynced, on any thread
-                db.execute("BEGIN IMMEDIATE")
-                for item in batch:
-                    db.execute("SAVEPOINT one")
-                    try:
-                        item.result = self._accept_one(db, *item.args)
-                        db.execute("RELEASE one")
-                    except Exception as exc:
-                        db.execute("ROLLBACK TO one")
-                        db.execute("RELEASE one")
-                        item.error = exc
-                db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                db.execute("SAVEPOINT one")
+                try:
+                    item.result = self._accept_one(db, *item.args)
+                    db.execute("RELEASE one")
+                except Exception as exc:
+                    db.execute("ROLLBACK TO one")
+                    db.execute("RELEASE one")
+                    item.error = exc
+            db.execute("COMMIT")
         except BaseException as exc:  # the transaction itself failed: nothing of it is stored
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -337,8 +452,9 @@ class Store:
             if not isinstance(exc, Exception):
                 raise
             return
+        number = self._number()
         for item in batch:
-            item.done = True
+            item.number, item.done = number, True
 
     def _accept_one(self, db: sqlite3.Connection, msg: InboundMessage, session_key: str,
                     max_per_hour: int | None, delivery_key: str | None) -> tuple[str, int | None]:
@@ -420,6 +536,15 @@ class Store:
             row = db.execute("SELECT id, inbound_id, channel_id, session_key, attempts, created_at, reply,"
                              " lease_token, first_failure_at, payload FROM jobs WHERE id = ?",
                              (hit[0],)).fetchone()
+        # The job's message may still wait for its fsync (its commit is visible before): no
+        # reply goes out for a message a power cut could still take back.
+        try:
+            self._barrier()
+        except OSError:  # not on disk: give the job back at once (not after its lease)
+            with self._write() as db:
+                db.execute("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL"
+                           " WHERE id = ? AND lease_token = ?", (row[0], row[7]))
+            raise
         payload = json.loads(row[9])
         payload["dropped_attachments"] = tuple(DroppedAttachment(**d) for d in payload["dropped_attachments"])
         payload["attachments"] = tuple(Attachment(**d) for d in payload.get("attachments", ()))
@@ -652,8 +777,12 @@ class Store:
                        " DO UPDATE SET value = value + excluded.value", (channel_id, day, name, value))
 
     def seen_delivery(self, key: str) -> bool:
-        """True if a webhook delivery with this idempotency key was processed before."""
-        return self._conn().execute("SELECT 1 FROM deliveries WHERE key = ?", (key,)).fetchone() is not None
+        """True if a webhook delivery with this idempotency key was processed before; then,
+        under ``FULL``, only once what it stored is on disk (it may still wait for its fsync)."""
+        seen = self._conn().execute("SELECT 1 FROM deliveries WHERE key = ?", (key,)).fetchone() is not None
+        if seen:
+            self._barrier()
+        return seen
 
     def usage(self, day: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
         """``{(channel_id, day): {counter: value}}``, for one day or all."""

@@ -68,6 +68,19 @@ def test_bench_smoke_is_correct(tmp_path):
         assert section["ok"] is True, name
     s = data["sections"]
     assert data["settings"]["access_log"] == "off for every server"
+    # CPU pinning (on by default with 2 CPUs or more): every thread of every server under
+    # test, reference apps included, on the servers' CPUs; the sandbox and wrk on the others
+    pin = data["settings"]["pinning"]
+    if len(os.sched_getaffinity(0)) >= 2:
+        server, load = set(pin["server_cpus"]), set(pin["load_cpus"])
+        assert server and load and not server & load, pin
+        seen = pin["servers_seen_on"]
+        assert len(seen) >= 8 and any("floor" in k for k in seen) and any("quickstart" in k for k in seen), seen
+        for label, lists in seen.items():
+            assert lists == [",".join(map(str, sorted(server)))], (label, lists)
+        assert pin["load_seen_on"] == [",".join(map(str, sorted(load)))], pin
+    else:
+        assert pin.startswith("off"), pin
 
     # 1. ack: all four servers, every point correct, ratios are numbers
     ack = s["ack"]

@@ -4,11 +4,12 @@ about a second anyway. Real SQLite files; no timing is asserted."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import falcon.testing
+import pytest
 
 from dummy_channel import dummy_channel, wait_sent
 from sophon_core import store as store_mod
@@ -17,7 +18,7 @@ from sophon_core.models import InboundMessage
 from sophon_core.pipeline import STATUS_RANK
 from sophon_core.store import Store
 
-FULL, NORMAL = 2, 1  # what PRAGMA synchronous answers
+FULL, NORMAL = 2, 1  # what PRAGMA synchronous answers (SQLite itself never fsyncs a commit now)
 
 
 def msg(mid, text="hi", sender="+1555", **kw):
@@ -43,32 +44,32 @@ def in_thread(fn):
 
 
 def spy_commits(store):
-    """Record (thread name, PRAGMA synchronous in effect) for each write transaction."""
-    seen = []
+    """Record each commit (thread name, its number, whether the thread then waited for an
+    fsync round covering it) and each barrier (thread name, number)."""
+    commits, barriers, awaited = [], [], []
     lock = threading.Lock()
-    write, commit_batch = store._write, store._commit_batch
+    number, await_sync = store._number, store._await_sync
 
-    @contextmanager
-    def spied_write(durable=False):
-        with write(durable) as db:
-            yield db
-            level = db.execute("PRAGMA synchronous").fetchone()[0]
-            with lock:
-                seen.append((threading.current_thread().name, level))
-
-    def spied_commit_batch(batch):
-        level = store._conn().execute("PRAGMA synchronous").fetchone()[0]
+    def spied_number():
+        n = number()
+        caller = sys._getframe(1).f_code.co_name
         with lock:
-            seen.append((threading.current_thread().name + " (accept)", level))
-        return commit_batch(batch)
+            (barriers if caller == "_barrier" else commits).append(
+                (threading.current_thread().name + (" (accept)" if caller == "_commit_batch" else ""), n))
+        return n
 
-    store._write, store._commit_batch = spied_write, spied_commit_batch
-    return seen
+    def spied_await_sync(n):
+        with lock:
+            awaited.append(n)
+        return await_sync(n)
+
+    store._number, store._await_sync = spied_number, spied_await_sync
+    return commits, barriers, awaited
 
 
 def test_runner_threads_commit_without_an_fsync_and_acknowledgements_with_one(make_runtime, sent):
     rt = make_runtime([dummy_channel()])
-    seen = spy_commits(rt.store)
+    commits, barriers, awaited = spy_commits(rt.store)
     client = falcon.testing.TestClient(create_app(rt))
     r = client.simulate_post("/api/channels/dummy/webhook",
                              json={"to": "dummy:bob", "from": "dummy:ann", "id": "m1", "text": "hi",
@@ -79,20 +80,20 @@ def test_runner_threads_commit_without_an_fsync_and_acknowledgements_with_one(ma
     while rt.store.job_states() != {"done": 1} and time.monotonic() < deadline:
         time.sleep(0.02)
     assert rt.store.job_states() == {"done": 1}
-    accepts = [level for name, level in seen if name.endswith("(accept)")]
-    runner = [level for name, level in seen if name.startswith("sophon-runner-")]
-    assert accepts == [FULL], seen  # the acknowledged message: fsynced before the 200
-    assert len(runner) >= 4 and set(runner) == {NORMAL}, seen  # claim, parts, begin_part, part_sent
+    accepts = [n for name, n in commits if name.endswith("(accept)")]
+    runner = [n for name, n in commits if name.startswith("sophon-runner-")]
+    assert len(accepts) == 1 and accepts[0] in awaited, (commits, awaited)  # on disk before the 200
+    assert len(runner) >= 4 and not set(runner) & set(awaited), (commits, awaited)  # claim, parts, begin, sent
+    # the claim waited for a round that began after it (the job's message is on disk before any reply)
+    assert [name for name, _ in barriers if name.startswith("sophon-runner-")], barriers
 
 
 def test_a_relaxed_thread_still_fsyncs_acknowledgements_and_consent(tmp_path):
     store = Store(tmp_path / "s.db")
+    commits, _, awaited = spy_commits(store)
 
     def work():
         store.relax_this_thread()
-        db = store._conn()
-        statements = []
-        db.set_trace_callback(statements.append)
         runs = {}
         for name, call in (
                 ("accept", lambda: store.accept_inbound(msg("m1"), "s")),
@@ -100,18 +101,117 @@ def test_a_relaxed_thread_still_fsyncs_acknowledgements_and_consent(tmp_path):
                 ("opt_out", lambda: store.set_opt_out("c1", "+1666", "STOP")),
                 ("status", lambda: store.record_status("c1", "SMx", "sent", None, STATUS_RANK)),
                 ("count", lambda: store.count("c1", failed=1))):
-            statements.clear()
+            before = len(commits)
             call()
-            runs[name] = [s for s in statements if s.startswith(("PRAGMA synchronous", "BEGIN", "COMMIT"))]
-        return runs, db.execute("PRAGMA synchronous").fetchone()[0]
+            (_, n), = commits[before:]
+            runs[name] = n in awaited
+        return runs
 
-    runs, level_after = in_thread(work)
-    durable = ["PRAGMA synchronous=FULL", "BEGIN IMMEDIATE", "COMMIT", "PRAGMA synchronous=NORMAL"]
-    for name in ("accept", "consent", "opt_out", "status"):
-        assert runs[name] == durable, (name, runs[name])
-    assert runs["count"] == ["BEGIN IMMEDIATE", "COMMIT"]  # bookkeeping: relaxed
-    assert level_after == NORMAL
-    assert in_thread(lambda: store._conn().execute("PRAGMA synchronous").fetchone()[0]) == FULL  # others
+    runs = in_thread(work)
+    assert runs == {"accept": True, "consent": True, "opt_out": True, "status": True, "count": False}
+    assert in_thread(lambda: store._conn().execute("PRAGMA synchronous").fetchone()[0]) == NORMAL  # see below
+
+
+class FsyncLog:
+    """os.fsync as seen by the store: an event list ("begin", i) / ("end", i) / ("fail", i),
+    with a short sleep in each fsync so that commits and waits overlap it."""
+
+    def __init__(self, monkeypatch, fail=lambda: False):
+        self.events, self.lock, self.fail = [], threading.Lock(), fail
+        self.real = os.fsync
+        monkeypatch.setattr(store_mod.os, "fsync", self)
+
+    def add(self, *event) -> int:
+        with self.lock:
+            self.events.append(event)
+            return len(self.events) - 1
+
+    def __call__(self, fd):
+        i = self.add("begin", None)
+        time.sleep(0.003)
+        if self.fail():
+            self.add("fail", i)
+            raise OSError(5, "Input/output error")
+        self.real(fd)
+        self.add("end", i)
+
+
+def test_an_acknowledgement_returns_only_after_an_fsync_that_began_after_its_commit(tmp_path, monkeypatch):
+    """SQLite commits without an fsync (NORMAL); the store fsyncs the log after the commit,
+    outside the write lock, and each accept returns only after such an fsync ended.
+    Duplicates too: their first copy may still be waiting for its fsync."""
+    store = Store(tmp_path / "s.db")
+    log = FsyncLog(monkeypatch)
+    commit_batch = store._commit_batch
+
+    def spied_commit_batch(batch):
+        commit_batch(batch)
+        log.add("commit", {item.args[0].text for item in batch})
+
+    store._commit_batch = spied_commit_batch
+    outcomes = []
+
+    def webhook(mid, call):
+        outcome, _ = store.accept_inbound(msg(mid, call, sender=f"+1{mid}"), "s")
+        outcomes.append(outcome)
+        log.add("return", call)
+
+    threads = [threading.Thread(target=webhook, args=(f"m{i % 40}", f"call {i}"))
+               for i in range(80)]  # 40 duplicates
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["duplicate"] * 40 + ["queued"] * 40
+    events = log.events
+    returns = [(i, e[1]) for i, e in enumerate(events) if e[0] == "return"]
+    assert len(returns) == 80
+    for r, call in returns:
+        commit, = (i for i, e in enumerate(events[:r]) if e[0] == "commit" and call in e[1])
+        assert any(e[0] == "end" and e[1] > commit for e in events[commit:r]), (call, events[commit:r + 1])
+    assert sum(e[0] == "begin" for e in events) < 80  # rounds are shared
+
+
+def test_a_failed_fsync_fails_the_acknowledgement_and_later_ones_until_one_works(tmp_path, monkeypatch):
+    store = Store(tmp_path / "s.db")
+    broken = threading.Event()
+    log = FsyncLog(monkeypatch, fail=broken.is_set)
+    broken.set()
+    for mid in ("m1", "m2"):
+        with pytest.raises(OSError, match="could not be synced"):
+            store.accept_inbound(msg(mid), "s")
+    with pytest.raises(OSError):  # Twilio's retry: a duplicate, and still not on disk
+        store.accept_inbound(msg("m1"), "s")
+
+    def claim():
+        store.relax_this_thread()
+        return store.claim("r", 30)
+
+    with pytest.raises(OSError):  # no job is handed out while its message may not be on disk
+        in_thread(claim)
+    broken.clear()
+    assert store.accept_inbound(msg("m1"), "s") == ("duplicate", None)
+    assert store.accept_inbound(msg("m3"), "s")[0] == "queued"
+    assert in_thread(claim) is not None
+    assert [e[0] for e in log.events if e[0] in ("fail", "end")][:4] == ["fail"] * 4
+    assert store.job_states() == {"queued": 2, "running": 1}  # m1 (given back, claimed again), m2, m3
+
+
+def test_a_webhook_whose_fsync_failed_gets_a_5xx_and_its_retry_a_200_once_synced(make_runtime, sent,
+                                                                                monkeypatch):
+    rt = make_runtime([dummy_channel()])
+    broken = threading.Event()
+    FsyncLog(monkeypatch, fail=broken.is_set)
+    client = falcon.testing.TestClient(create_app(rt))
+    body = {"to": "dummy:bob", "from": "dummy:ann", "id": "m1", "text": "hi", "token": "s3cret-token"}
+    broken.set()
+    assert client.simulate_post("/api/channels/dummy/webhook", json=body).status_code >= 500
+    assert client.simulate_post("/api/channels/dummy/webhook", json=body).status_code >= 500
+    broken.clear()
+    assert client.simulate_post("/api/channels/dummy/webhook", json=body).status_code == 200
+    wait_sent(1)
+    time.sleep(0.3)
+    assert len(sent) == 1
 
 
 def test_a_normal_store_is_not_changed_by_relaxing(tmp_path):
@@ -136,8 +236,9 @@ def test_relaxed_commits_are_fsynced_by_sync_relaxed_and_only_when_there_are_som
         real_fsync(fd)
 
     monkeypatch.setattr(store_mod.os, "fsync", fsync)
-    store.count("c1", failed=1)  # fsynced by SQLite itself (FULL): nothing left to do
+    store.count("c1", failed=1)  # fsynced before it returned (FULL): nothing left to do
     assert store.sync_relaxed() is False
+    synced.clear()
 
     def relaxed_write():
         store.relax_this_thread()
