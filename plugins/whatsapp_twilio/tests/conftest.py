@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from wa_helpers import PLUGINS, PUBLIC, SENDER, WEBHOOK  # noqa: E402
+from wa_helpers import PLUGINS, PUBLIC, SENDER, WEBHOOK, ForeignHost  # noqa: E402
 from sophon_core.runtime import Runtime  # noqa: E402
 from sophon_core.settings import Settings  # noqa: E402
 from sophon_sms_twilio.sandbox import Sandbox  # noqa: E402
@@ -52,3 +52,11 @@ def wa_runtime(wa_env):
     yield make
     for rt in built:
         rt.close()
+
+
+@pytest.fixture
+def foreign():
+    """A host that is not Twilio; records every request (see ``ForeignHost``)."""
+    host = ForeignHost()
+    yield host
+    host.close()

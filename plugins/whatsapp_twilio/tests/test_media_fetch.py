@@ -3,9 +3,6 @@ bounded size and type. Real HTTP on loopback: the sandbox plays api.twilio.com a
 its media CDN; a second server plays "somewhere else"."""
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from sophon_core.errors import AttachmentError
@@ -13,38 +10,6 @@ from sophon_core.models import Attachment, Channel
 from sophon_whatsapp_twilio import media
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"p" * 5000
-
-
-class Elsewhere:
-    """Not Twilio: records every request it gets."""
-
-    def __init__(self):
-        self.hits = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.hits.append((self.path, self.headers.get("Authorization")))
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(PNG)))
-                self.end_headers()
-                self.wfile.write(PNG)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def elsewhere():
-    e = Elsewhere()
-    yield e
-    e.server.shutdown()
-    e.server.server_close()
 
 
 def channel(account, token=None):
@@ -65,18 +30,18 @@ def test_fetches_with_credentials_then_follows_the_cdn_redirect_without_them(san
     assert "/_media/" in gets[1]["path"]
 
 
-def test_a_url_on_another_host_is_never_requested(sandbox, account, elsewhere):
-    url = f"{elsewhere.url}/2010-04-01/Accounts/{account.sid}/Messages/MM1/Media/ME1"
+def test_a_url_on_another_host_is_never_requested(sandbox, account, foreign):
+    url = f"{foreign.url}/2010-04-01/Accounts/{account.sid}/Messages/MM1/Media/ME1"
     with pytest.raises(AttachmentError, match="is not a Twilio media host"):
         media.fetch(channel(account), Attachment("image/png", url=url), env(sandbox))
-    assert elsewhere.hits == []
+    assert foreign.requests == []
 
 
-def test_a_redirect_to_another_host_is_refused_before_it_is_followed(sandbox, account, elsewhere):
-    url = sandbox.add_media(account.sid, "MM" + "b" * 32, PNG, "image/png", redirect_to=elsewhere.url + "/x.png")
+def test_a_redirect_to_another_host_is_refused_before_it_is_followed(sandbox, account, foreign):
+    url = sandbox.add_media(account.sid, "MM" + "b" * 32, PNG, "image/png", redirect_to=foreign.url + "/x.png")
     with pytest.raises(AttachmentError, match="redirected to .* not a Twilio media host") as err:
         media.fetch(channel(account), Attachment("image/png", url=url), env(sandbox))
-    assert elsewhere.hits == []
+    assert foreign.requests == []
     assert account.auth_token not in str(err.value)
 
 

@@ -1,7 +1,9 @@
 """Constants and builders shared by the WhatsApp plugin's tests."""
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
@@ -41,3 +43,34 @@ def post_signed(client, token, form, *, url=PUBLIC + WEBHOOK, signature=None, pa
     if signature == "":
         del hdrs["X-Twilio-Signature"]
     return client.simulate_post(path, body=urlencode(form), headers=hdrs)
+
+
+class ForeignHost:
+    """Another host (another loopback origin) that serves a picture and records every
+    request it gets: what Sophon must never fetch from."""
+
+    BODY = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+
+    def __init__(self):
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append((self.command, self.path, self.headers.get("Authorization")))
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(outer.BODY)))
+                self.end_headers()
+                self.wfile.write(outer.BODY)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -230,6 +230,11 @@ def _default_error(status: int) -> tuple[int, str]:
         return status, "Error"
 
 
+def _at_least(n: int, items: list) -> list | None:
+    """``items`` when there are ``n`` or more, else None (what ``Sandbox._wait`` polls for)."""
+    return items if len(items) >= n else None
+
+
 def _last_values(multi: dict[str, list[str]]) -> dict[str, str]:
     return {key: values[-1] for key, values in multi.items() if values}
 
@@ -1087,59 +1092,59 @@ class Sandbox:
                     return copy.deepcopy(m)
         raise SandboxError(f"no outbound message {sid}")
 
+    def _wait(self, timeout: float, check, waited_for):
+        """Poll ``check()`` (under the change condition) until it returns something other than
+        None, then return that; ``check`` may raise to give up early. After ``timeout``
+        seconds raise TimeoutError, naming ``waited_for()`` (what was awaited, what was found)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = check()
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"waited {timeout:g}s for {waited_for()}")
+                self._changed.wait(min(remaining, 0.1))
+
     def wait_for_status(self, sid: str, status: str, timeout: float = 10.0) -> dict:
         """Wait until message ``sid`` has reached ``status`` (now or before); return the message.
 
         A message that settled (delivered, failed) without ever reaching ``status`` raises
         SandboxError at once; TimeoutError after ``timeout`` seconds otherwise."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                message = self.message(sid)
-                if status in message["statuses"]:
-                    return message
-                if message["status"] in ("delivered", "failed", "undelivered"):
-                    raise SandboxError(
-                        f"message {sid} is {message['status']} (error {message['error_code']}); it never was {status}"
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"waited {timeout:g}s for message {sid} to be {status}: it is {message['status']}")
-                self._changed.wait(min(remaining, 0.1))
+
+        def check() -> dict | None:
+            message = self.message(sid)
+            if status in message["statuses"]:
+                return message
+            if message["status"] in ("delivered", "failed", "undelivered"):
+                raise SandboxError(
+                    f"message {sid} is {message['status']} (error {message['error_code']}); it never was {status}"
+                )
+            return None
+
+        return self._wait(timeout, check, lambda: f"message {sid} to be {status}: it is {self.message(sid)['status']}")
 
     def wait_for_callbacks(self, n: int, *, message_sid: str | None = None, timeout: float = 10.0) -> list[dict]:
         """Wait until at least ``n`` status callbacks (for ``message_sid``) were posted; return them."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = self.callbacks(message_sid=message_sid)
-                if len(found) >= n:
-                    return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"waited {timeout:g}s for {n} status callback(s)"
-                        f"{' for ' + message_sid if message_sid else ''}, got {len(found)}"
-                        + (f" ({', '.join(c['form'].get('MessageStatus', '?') for c in found)})" if found else "")
-                    )
-                self._changed.wait(min(remaining, 0.1))
+
+        def waited_for() -> str:
+            found = self.callbacks(message_sid=message_sid)
+            return (f"{n} status callback(s){' for ' + message_sid if message_sid else ''}, got {len(found)}"
+                    + (f" ({', '.join(c['form'].get('MessageStatus', '?') for c in found)})" if found else ""))
+
+        return self._wait(timeout, lambda: _at_least(n, self.callbacks(message_sid=message_sid)), waited_for)
 
     def wait_for_messages(self, n: int, *, to: str | None = None, timeout: float = 10.0) -> list[dict]:
         """Wait until at least ``n`` outbound messages (to ``to``) arrived; return them all."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = self.messages(to=to)
-                if len(found) >= n:
-                    return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    seen = ", ".join(f"{m['form'].get('To')}: {m['form'].get('Body', '')[:40]!r}" for m in found)
-                    raise TimeoutError(
-                        f"waited {timeout:g}s for {n} outbound message(s)"
-                        f"{' to ' + to if to else ''}, got {len(found)}" + (f" ({seen})" if seen else "")
-                    )
-                self._changed.wait(min(remaining, 0.1))
+
+        def waited_for() -> str:
+            found = self.messages(to=to)
+            seen = ", ".join(f"{m['form'].get('To')}: {m['form'].get('Body', '')[:40]!r}" for m in found)
+            return (f"{n} outbound message(s){' to ' + to if to else ''}, got {len(found)}"
+                    + (f" ({seen})" if seen else ""))
+
+        return self._wait(timeout, lambda: _at_least(n, self.messages(to=to)), waited_for)
 
     # -- the phone ----------------------------------------------------------------------
 
