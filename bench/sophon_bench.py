@@ -157,6 +157,14 @@ def gunicorn_command(port: int, workers: int, threads: int, app: str, access_log
     return argv
 
 
+def sophon_serve_command(port: int, workers: int, threads: int, access_log: bool) -> list[str]:
+    """``sophon serve``: gunicorn with ``gunicorn_command``'s argv (checked by
+    tests/test_bench_pinning.py), and the reply sender next to it."""
+    return [sys.executable, "-c", "from sophon_core.cli import main; main()", "serve", "--bind",
+            f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads)] + (
+        [] if access_log else ["--no-access-log"])
+
+
 def peak_rss(pid: int) -> dict[str, float]:
     """VmHWM (peak resident set) and VmRSS of a process, in MiB."""
     out = {}
@@ -168,6 +176,25 @@ def peak_rss(pid: int) -> dict[str, float]:
     except OSError:
         pass
     return out
+
+
+def children(pid: int) -> list[int]:
+    """A process's children, from /proc."""
+    return sorted(int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _ppid(e.name) == pid)
+
+
+def _ppid(pid: str) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def alive(pid: int) -> bool:
@@ -193,9 +220,20 @@ class Running:
         return self.data_dir / "sophon.db"
 
     def worker_pids(self) -> list[int]:
-        from sophon_core.testing import Server
+        """The gunicorn workers (Sophon runs under ``sophon serve``: serve -> gunicorn master -> workers)."""
+        master = self.master_pid()
+        return children(master) if master else []
 
-        return Server(self.url, self.proc).worker_pids()
+    def master_pid(self) -> int | None:
+        if self.kind != "sophon":
+            return self.proc.pid
+        return next((p for p in children(self.proc.pid) if "gunicorn" in cmdline(p)), None)
+
+    def sender_pid(self) -> int | None:
+        """Sophon's reply sender process (``sophon serve`` starts it next to gunicorn)."""
+        if self.kind != "sophon":
+            return None
+        return next((p for p in children(self.proc.pid) if "sophon_core.sender" in cmdline(p)), None)
 
 
 @dataclass
@@ -233,7 +271,7 @@ class Point:
 class Bench:
     def __init__(self, profile: Profile, *, out: Path, only: Sequence[str], wrk: str, wrk_version: str,
                  wrk_threads: int, gunicorn_threads: int, access_log: bool, keep: bool, seconds: float | None,
-                 ack_servers: Sequence[str] = ACK_SERVERS, pin: bool | None = None):
+                 ack_servers: Sequence[str] = ACK_SERVERS, pin: bool | None = None, replies: str = "sender"):
         from sophon_sms_twilio.sandbox import Sandbox
 
         from sophon_core.testing import free_port
@@ -242,6 +280,7 @@ class Bench:
             profile = Profile(**{**profile.__dict__, "seconds": seconds})
         self.p = profile
         self.out = out
+        self.replies = replies  # SOPHON_REPLIES for `sophon serve`
         self.logs = out.parent / f"logs-{out.stem}"  # the servers' logs of this run (emptied first)
         if self.logs.is_dir():
             for old in self.logs.glob("*.log"):
@@ -329,8 +368,11 @@ class Bench:
         """
         self.serial += 1
         label = f"{self.serial:02d}-{label}"
-        app = APP_SPECS.get(kind, "sophon_core.app:create_app()")
-        argv = gunicorn_command(self.port, workers, self.threads, app, self.access_log)
+        if kind == "sophon":  # what users run: gunicorn with the same argv as below, plus the reply sender
+            argv = sophon_serve_command(self.port, workers, self.threads, self.access_log)
+            env = {**env, "SOPHON_REPLIES": self.replies}
+        else:
+            argv = gunicorn_command(self.port, workers, self.threads, APP_SPECS[kind], self.access_log)
         self.logs.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, 4):
             logfile = self.logs / (f"{label}.log" if attempt == 1 else f"{label}-attempt{attempt}.log")
@@ -354,7 +396,8 @@ class Bench:
                 raise RuntimeError(f"{label}: failed to boot three times; see {logfile}")
         log(f"bench: {label}: {kind} up with {workers} worker(s) in {time.monotonic() - booted:.1f} s")
         self.affinity_seen[label] = sorted(set().union(*(thread_affinities(p) for p in
-                                                         [proc.pid, *running.worker_pids()])))
+                                                         [proc.pid, running.master_pid(), running.sender_pid(),
+                                                          *running.worker_pids()] if p)))
         try:
             yield running
         finally:
@@ -393,8 +436,10 @@ class Bench:
             up = False
             try:
                 with urllib.request.urlopen(f"{self.public}/healthz", timeout=2) as r:
-                    up = r.status == 200
-            except OSError:
+                    health = json.loads(r.read() or b"{}") if running.kind == "sophon" else {}
+                    # under `sophon serve`: the reply sender too
+                    up = r.status == 200 and health.get("reply_sender", "running") == "running"
+            except (OSError, ValueError):
                 pass
             live = [p for p in running.worker_pids() if alive(p)]
             if up and len(live) >= workers:
@@ -426,12 +471,15 @@ class Bench:
     def sample_rss(self, server: Running, section: str) -> dict:
         pids = server.worker_pids()
         per = [{"pid": pid, **peak_rss(pid)} for pid in pids]
-        master = peak_rss(server.proc.pid)
+        master = peak_rss(server.master_pid() or server.proc.pid)
         entry = {"section": section, "server": server.label, "kind": server.kind, "workers": server.workers,
                  "worker_vmhwm_mb": [w.get("VmHWM", 0.0) for w in per],
                  "worker_vmrss_mb": [w.get("VmRSS", 0.0) for w in per],
                  "max_worker_vmhwm_mb": max((w.get("VmHWM", 0.0) for w in per), default=0.0),
                  "master_vmhwm_mb": master.get("VmHWM", 0.0)}
+        sender = server.sender_pid()
+        if sender:
+            entry["sender_vmhwm_mb"] = peak_rss(sender).get("VmHWM", 0.0)
         if len(per) != server.workers:
             self.flag(f"{server.label}: {len(per)} worker process(es) at the end, expected {server.workers}")
         self.rss.append(entry)
@@ -657,7 +705,10 @@ class Bench:
             for c in connections:
                 start = self.outbound_count()
                 point = self.load(srv, self.p.seconds, c)
-                point.extra.update({"sync": sync, "agent": agent})
+                point.extra.update({"sync": sync, "agent": agent, "replies": self.replies,
+                                    # replies still owed when the load stopped (the sender catches up after)
+                                    "replies_during_load": self.outbound_count() - start,
+                                    "open_jobs_at_end": self.open_jobs(srv)})
                 if agent == "default":
                     point.extra["drain_s"] = round(self.drain(srv, point), 2)
                 checks = self.verify_point(srv, point, start, answered=agent == "default")
@@ -906,6 +957,8 @@ class Bench:
                 "gunicorn_argv": [{f"127.0.0.1:{self.port}": "127.0.0.1:<port>", "99": "<workers>"}.get(a, a)
                                   for a in gunicorn_command(self.port, 99, self.threads, "<app>", self.access_log)],
                 "apps": {"sophon": "sophon_core.app:create_app()", **APP_SPECS},
+                "sophon_command": "sophon serve (the gunicorn argv above with Sophon's app, plus the reply sender"
+                                  " process)", "sophon_replies": self.replies,
                 "worker_class": "gthread", "threads_per_worker": self.threads,
                 "access_log": "on (stdout) for every server" if self.access_log else "off for every server",
                 "wrk": self.wrk_version, "wrk_threads": self.wrk_threads, "wrk_timeout_s": 30,
@@ -1025,14 +1078,20 @@ def print_table(r: dict) -> None:
     if "ack" in s:
         print("\n1. Webhook acknowledgement, POST /api/channels/sms/webhook")
         print(f"{'server':<16}{'workers':>8}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-              f"{'non-2xx':>8}{'sock err':>9}  ok")
+              f"{'non-2xx':>8}{'sock err':>9}  ok  {'replied':>8}{'owed':>7}{'drain s':>8}")
         for p in s["ack"]["points"]:
             name = p["server"] if p["server"] != "sophon" else f"sophon {p['sync']}"
+            owed = (f"{p['replies_during_load']:>8}{p['open_jobs_at_end']:>7}{fmt(p.get('drain_s'), 8, 1)}"
+                    if "open_jobs_at_end" in p else "")
             print(f"{name:<16}{p['workers']:>8}{p['connections']:>6}{fmt(p['rps'], 9, 0)}{fmt(p['p50_ms'], 9)}"
                   f"{fmt(p['p99_ms'], 9)}{fmt(p['max_ms'], 9)}{p['non_2xx']:>8}"
-                  f"{sum(p['socket_errors'].values()):>9}  {'yes' if p['ok'] else 'NO'}")
-        print("(Sophon answers every message meanwhile: default agent, replies POSTed to the sandbox by runner "
-              "threads of the same workers; floor and quickstart store and send nothing)")
+                  f"{sum(p['socket_errors'].values()):>9}  {'yes' if p['ok'] else 'NO '}{owed}")
+        where = {"sender": "the reply sender process of `sophon serve` (nice +10)",
+                 "workers": "runner threads of the same workers"}[st.get("sophon_replies", "workers")]
+        print(f"(Sophon answers every message: default agent, replies POSTed to the sandbox by {where}; "
+              "replied = replies the sandbox accepted during the point, owed = jobs still open when the load "
+              "stopped, drain = seconds until every message was answered; floor and quickstart store and send "
+              "nothing)")
         print(f"{'ratios of req/s':<22}{'FULL/quick':>11}{'FULL/floor':>11}{'NORMAL/quick':>13}{'NORMAL/floor':>13}")
         for q in s["ack"]["ratios"]:
             print(f"{q['workers']} worker(s), {q['connections']:>3} conns  {fmt(q['FULL_vs_quickstart_rps'], 9, 2)}"
@@ -1132,6 +1191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "serve`)")
     ap.add_argument("--access-log", action="store_true", help="access log on (stdout) for every server")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (stores, request files)")
+    ap.add_argument("--replies", choices=("sender", "workers"), default="sender",
+                    help="Sophon's SOPHON_REPLIES (default sender, as `sophon serve`): replies from the reply "
+                         "sender process, or from runner threads in every gunicorn worker")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
                     help="servers under test on half the CPUs, wrk and the sandbox on the others (default: on "
                          "with 2 CPUs or more); --no-pin: everything shares every CPU")
@@ -1154,7 +1216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     bench = Bench(profile, out=out, only=only, wrk=found["wrk"], wrk_version=found["wrk_version"],
                   wrk_threads=args.wrk_threads, gunicorn_threads=args.threads, access_log=args.access_log,
-                  keep=args.keep, seconds=args.seconds, ack_servers=ack_servers, pin=args.pin)
+                  keep=args.keep, seconds=args.seconds, ack_servers=ack_servers, pin=args.pin,
+                  replies=args.replies)
     try:
         result = bench.run()
     finally:

@@ -113,15 +113,25 @@ def announce_admin(settings: Settings, base_url: str) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]),
               default=lambda: os.environ.get("SOPHON_LOG_FORMAT", "text"),
               show_default="SOPHON_LOG_FORMAT or text", help="json: one JSON object per log line")
-def serve(bind: str, workers: int, threads: int, log_format: str) -> None:
-    """Validate channels.json, then serve the webhooks, admin API and dashboard with gunicorn."""
+@click.option("--replies", type=click.Choice(["sender", "workers"]),
+              default=lambda: (os.environ.get("SOPHON_REPLIES") or "sender").lower(),
+              show_default="SOPHON_REPLIES or sender",
+              help="sender: a reply-sender process answers messages (at a lower CPU priority than the "
+                   "webhooks); workers: runner threads in every gunicorn worker")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="gunicorn's access log on stdout")
+def serve(bind: str, workers: int, threads: int, log_format: str, replies: str, access_log: bool) -> None:
+    """Validate channels.json, then serve the webhooks, admin API and dashboard with gunicorn
+    (and answer the messages from the reply sender next to it)."""
     from .server import run_gunicorn
 
     os.environ["SOPHON_LOG_FORMAT"] = log_format
+    os.environ["SOPHON_REPLIES"] = replies
     settings, _, _, _ = load_or_exit(None)
     announce_admin(settings, f"http://{bind}")
-    click.echo(f"sophon: serving on http://{bind} with {workers} worker(s)", err=True)
-    sys.exit(run_gunicorn(bind, workers, threads))
+    click.echo(f"sophon: serving on http://{bind} with {workers} worker(s); replies from "
+               + ("the reply sender" if replies == "sender" else "runner threads in the workers"), err=True)
+    sys.exit(run_gunicorn(bind, workers, threads, replies=replies, access_log=access_log))
 
 
 @cli.command("admin-token")

@@ -11,7 +11,6 @@ Loaded by the gunicorn master before any worker starts:
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from gunicorn import glogging
@@ -19,19 +18,9 @@ from gunicorn import glogging
 from sophon_core import logs
 
 _own_dir: Path | None = None
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # (``sophon serve`` sets it for gunicorn and the sender)
     _own_dir = (Path(os.environ.get("SOPHON_DATA_DIR") or ".sophon") / "metrics" / str(os.getpid())).resolve()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_own_dir)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Logger(glogging.Logger):
@@ -48,13 +37,10 @@ logger_class = _Logger
 
 
 def on_starting(server) -> None:
-    if _own_dir is None:
-        return
-    for old in _own_dir.parent.glob("*"):
-        if old.name.isdigit() and old != _own_dir and not _alive(int(old.name)):
-            shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(_own_dir, ignore_errors=True)
-    _own_dir.mkdir(parents=True)
+    from sophon_core import metrics  # (prometheus_client only once PROMETHEUS_MULTIPROC_DIR is set)
+
+    if _own_dir is not None:
+        metrics.fresh_multiproc_dir(_own_dir.parent.parent, os.getpid())
 
 
 def child_exit(server, worker) -> None:
@@ -64,6 +50,8 @@ def child_exit(server, worker) -> None:
 
 
 def on_exit(server) -> None:
+    from sophon_core import metrics
+
     if _own_dir is not None:
-        shutil.rmtree(_own_dir, ignore_errors=True)
+        metrics.remove_multiproc_dir(_own_dir)
 

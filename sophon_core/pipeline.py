@@ -2,10 +2,11 @@
 
 ``Pipeline.accept`` runs inside the webhook request: it stores the message and
 its job in one transaction (once per provider message id) and returns. Runner
-threads in every worker process claim jobs from the store with a lease, run the
-agent, split the reply, and send it part by part. Nothing is lost when a worker
-dies: its jobs run again once their lease runs out. A session's jobs run one at
-a time, oldest first, across all workers.
+threads claim jobs from the store with a lease, run the agent, split the reply,
+and send it part by part; they run in the reply sender process under ``sophon
+serve`` (``SOPHON_REPLIES=sender``, see sender.py), else in every worker process.
+Nothing is lost when a process dies: its jobs run again once their lease runs
+out. A session's jobs run one at a time, oldest first, across all processes.
 
 Guarantees: an acknowledged message is answered at least once; every part that
 Twilio (or any provider) accepted and whose id was recorded is never sent again.
@@ -44,7 +45,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
-from . import metrics
+from . import metrics, sender
 from .errors import AttachmentError, SendError
 from .media import public_base
 from .models import Attachment, Channel, DroppedAttachment, InboundMessage, OutboundMessage, Reply
@@ -61,6 +62,7 @@ HISTORY_TURNS = 20
 IDLE_POLL = 0.25  # seconds between store polls when there is nothing to do
 MAX_BACKOFF = 300.0
 PRUNE_EVERY = 3600.0  # seconds between sweeps of old media files
+SENDER_CHECK_EVERY = 60.0  # seconds between checks that a reply sender runs (SOPHON_REPLIES=sender)
 SYNC_EVERY = 1.0  # seconds: the runners' relaxed commits (no fsync of their own) reach the disk this often
 
 
@@ -93,6 +95,7 @@ class Pipeline:
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._sender_checked_at = -SENDER_CHECK_EVERY
 
     # --- in the webhook request ----------------------------------------------------
 
@@ -107,12 +110,15 @@ class Pipeline:
         Messages naming a channel that is unknown, disabled or of another type
         are dropped with an error log: a plugin must never route around activation.
         ``delivery_key`` (the provider's idempotency key of this webhook delivery) is
-        recorded in the same transaction as the message it brought.
+        recorded in the same transaction as the message it brought (``key#n`` for its
+        n-th message after the first); a delivery seen before is not accepted again.
         :return: how many messages were queued for an answer.
         """
         store = self.runtime.store
         queued = 0
-        for msg in messages:
+        for n, msg in enumerate(messages):
+            # one key per message of the delivery (the same delivery again brings them in the same order)
+            key = (delivery_key if n == 0 else f"{delivery_key}#{n}") if delivery_key else None
             channel = self.runtime.config.get(msg.channel_id)
             if channel is None or channel.type != channel_type or not channel.enabled:
                 log.error("plugin for %r returned message %s for channel %r, which is not an active "
@@ -125,15 +131,15 @@ class Pipeline:
                 store.count(channel.id, blocked=1)
                 metrics.INBOUND.labels(channel.id, "blocked").inc()
                 continue
-            key = session_key(channel, msg)
+            session = session_key(channel, msg)
             if msg.intent != "message":
                 metrics.INBOUND.labels(channel.id, "consent").inc()
-                if store.record_consent(msg, key) and msg.intent in ("opt_out", "opt_in"):
+                if store.record_consent(msg, session, delivery_key=key) and msg.intent in ("opt_out", "opt_in"):
                     log.info("%s opted %s on %s", msg.sender, "out" if msg.intent == "opt_out" else "back in",
                              channel.id)
                 continue
-            outcome, _ = store.accept_inbound(msg, key, channel.limits.inbound_per_sender_per_hour,
-                                              delivery_key=delivery_key)
+            outcome, _ = store.accept_inbound(msg, session, channel.limits.inbound_per_sender_per_hour,
+                                              delivery_key=key)
             metrics.INBOUND.labels(channel.id, outcome.replace("-", "_")).inc()
             if outcome == "duplicate":
                 log.info("duplicate delivery of %s on %s ignored", msg.provider_message_id, channel.id)
@@ -144,15 +150,38 @@ class Pipeline:
             else:
                 queued += 1
         if queued:
-            self.start()
-            with self._wake:
-                self._wake.notify(queued)
+            if self.runtime.settings.replies == "sender":
+                self._notify_sender()
+            else:
+                self.start()
+                with self._wake:
+                    self._wake.notify(queued)
         return queued
+
+    def _notify_sender(self) -> None:
+        """Wake the reply sender (``SOPHON_REPLIES=sender``); say so now and then if none runs."""
+        data_dir = self.runtime.settings.data_dir
+        sender.notify(data_dir)
+        now = time.monotonic()
+        if now - self._sender_checked_at >= SENDER_CHECK_EVERY:
+            self._sender_checked_at = now
+            if not sender.running(data_dir):
+                log.warning("SOPHON_REPLIES=sender, but no reply sender is running for %s: messages are stored "
+                            "and wait for it (`sophon serve` starts one; under plain gunicorn leave "
+                            "SOPHON_REPLIES unset)", data_dir)
+
+    def wake(self) -> None:
+        """New jobs may be waiting (the reply sender's wake-up): stop waiting, claim."""
+        with self._wake:
+            self._wake.notify_all()
 
     # --- runner threads ------------------------------------------------------------
 
     def start(self) -> None:
-        """Start this process's runner threads (idempotent; safe after fork or --preload)."""
+        """Start this process's runner threads (idempotent; safe after fork or --preload); none
+        under ``SOPHON_REPLIES=sender``, where the reply sender process runs them."""
+        if self.runtime.settings.replies == "sender":
+            return  # the reply sender process runs them (sophon_core/sender.py)
         with self._guard:
             if self._pid != os.getpid():  # forked (gunicorn --preload): threads did not come along
                 self._pid, self._threads, self._active = os.getpid(), [], {}
@@ -219,6 +248,7 @@ class Pipeline:
             try:
                 store.relax_this_thread()
                 store.sync_relaxed()  # bounds what a power cut can roll back (module docstring)
+                store.checkpoint()  # so that no webhook's commit has to (Store._conn)
             except Exception:
                 log.exception("syncing the store failed")
             if time.monotonic() >= prune_at:

@@ -6,7 +6,7 @@ import time
 
 import falcon
 
-from . import metrics
+from . import metrics, sender
 from .errors import WebhookRejected
 from .models import ChannelType
 from .runtime import Runtime
@@ -42,10 +42,7 @@ class WebhookResource:
         if reply is None:
             raise WebhookRejected(500, f"no plugin handles webhooks of type {self.type.name!r}")
         key = f"{self.type.name}:{reply.idempotency_key}" if reply.idempotency_key else None
-        if key and self.runtime.store.seen_delivery(key):
-            log.info("webhook delivery %s was processed before; not accepted again", key)
-        else:
-            self.runtime.pipeline.accept(self.type.name, reply.messages, delivery_key=key)
+        self.runtime.pipeline.accept(self.type.name, reply.messages, delivery_key=key)
         resp.status = reply.status
         resp.content_type = reply.content_type
         resp.text = reply.body
@@ -82,7 +79,8 @@ def _read_upto(stream, n: int) -> bytes:
 
 
 class HealthResource:
-    """``GET /healthz``: the process is up, the store answers, a config is loaded (503 if not)."""
+    """``GET /healthz``: the process is up, the store answers, a config is loaded (503 if not);
+    under ``SOPHON_REPLIES=sender`` also whether the reply sender runs (``reply_sender``)."""
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -94,13 +92,17 @@ class HealthResource:
         except Exception as exc:  # the SQLite file is unreadable, locked for too long, ...
             log.error("health check: the store does not answer: %s", exc)
             jobs, store_ok = {}, False
+        settings = self.runtime.settings
         resp.status = 200 if store_ok else 503
         resp.media = {
             "status": "ok" if store_ok else "store unavailable",
             "channel_types": sorted(self.runtime.types),
             "active_channels": [c.id for c in self.runtime.config.channels if c.enabled],
             "jobs_waiting": jobs.get("queued", 0) + jobs.get("running", 0),
+            "replies": settings.replies,
         }
+        if settings.replies == "sender":  # messages are stored either way; replies wait for the sender
+            resp.media["reply_sender"] = "running" if sender.running(settings.data_dir) else "not running"
 
 
 def handle_rejection(req: falcon.Request, resp: falcon.Response, ex: WebhookRejected, params) -> None:

@@ -33,6 +33,10 @@ class Settings:
         file (given to the provider to fetch it) stays valid (default 600).
     :param media_retention_days: ``SOPHON_MEDIA_RETENTION_DAYS``: files people sent and
         files agents sent are deleted from ``data_dir/media`` after this many days (default 30).
+    :param replies: ``SOPHON_REPLIES``: where the runner threads that answer messages run:
+        ``workers`` (default: in every gunicorn worker, next to the webhooks) or ``sender``
+        (in one reply-sender process, ``sophon_core/sender.py``, which ``sophon serve``
+        starts and sets this for; the workers then only store and acknowledge).
     :param env: the whole environment, for plugins' own variables
         (e.g. a provider API URL override).
     """
@@ -49,6 +53,7 @@ class Settings:
     pipeline_threads: int = 8
     media_url_ttl: float = 600.0
     media_retention_days: float = 30.0
+    replies: str = "workers"
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -68,6 +73,7 @@ class Settings:
             pipeline_threads=int(_number(env, "SOPHON_PIPELINE_THREADS", 8)),
             media_url_ttl=_number(env, "SOPHON_MEDIA_URL_TTL", 600.0),
             media_retention_days=_number(env, "SOPHON_MEDIA_RETENTION_DAYS", 30.0),
+            replies=_choice(env, "SOPHON_REPLIES", ("WORKERS", "SENDER")).lower(),
             env=env,
         )
 

@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -110,6 +110,9 @@ CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_key, id) WHERE state
 """
 
 _OPEN = "('queued', 'running')"
+# Pages in the write-ahead log past which a commit checkpoints by itself (about 40 MB);
+# normally ``Store.checkpoint`` runs every second long before (see _conn).
+AUTO_CHECKPOINT_PAGES = 10_000
 
 
 def _wal(db: sqlite3.Connection, tries: int = 100) -> None:
@@ -124,6 +127,19 @@ def _wal(db: sqlite3.Connection, tries: int = 100) -> None:
             if "locked" not in str(exc) or attempt == tries - 1:
                 raise
             time.sleep(0.01 + 0.01 * attempt)
+
+
+_MESSAGE_FIELDS = tuple(f.name for f in fields(InboundMessage))
+
+
+def message_json(msg: InboundMessage) -> str:
+    """A job's payload: the message as JSON, what ``json.dumps(asdict(msg))`` gives (read
+    back by ``_job``), built without ``asdict``'s recursive deep copy of every field."""
+    d = {name: getattr(msg, name) for name in _MESSAGE_FIELDS}
+    d["metadata"] = dict(msg.metadata)
+    d["dropped_attachments"] = [asdict(a) for a in msg.dropped_attachments]
+    d["attachments"] = [asdict(a) for a in msg.attachments]
+    return json.dumps(d)
 
 
 class _Pending:
@@ -181,7 +197,8 @@ class Store:
         self._lock_fd: int | None = None
         self._lock_pid = 0  # the process that opened _lock_fd (a forked child opens its own)
         self._pending: list[_Pending] = []  # accepts waiting for the next group commit
-        self._pending_lock = threading.Lock()
+        self._batch_cv = threading.Condition(threading.Lock())  # guards _pending and _committing
+        self._committing = False  # a thread of this process is committing a batch (the leader)
         # A relaxed commit (see relax_this_thread) of this process since the last durable one.
         self._unsynced = False
         # fsyncs of the write-ahead log after the commit, outside the write lock (see _await_sync)
@@ -219,6 +236,12 @@ class Store:
             # durable are fsynced by _await_sync, after the commit and outside the write lock.
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=30000")
+            # Checkpoints run in the background (``checkpoint``, from the pipeline's heartbeat),
+            # not inside whichever commit crosses SQLite's 1000-page mark: that commit would
+            # copy the log into the database file and fsync both while holding the write lock.
+            # The commits still checkpoint by themselves past AUTO_CHECKPOINT_PAGES, should
+            # no background checkpoint run (a store used by a CLI command, a stalled sender).
+            db.execute(f"PRAGMA wal_autocheckpoint={AUTO_CHECKPOINT_PAGES}")
             self._local.db = db
         return db
 
@@ -394,6 +417,13 @@ class Store:
             raise
         return True
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file (a passive checkpoint: it never
+        waits for, nor blocks, readers or writers; SQLite syncs the log before and the
+        database file after). The pipeline's heartbeat calls it every second, so that no
+        webhook's commit pays for a checkpoint (see ``_conn``)."""
+        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     # --- inbound -------------------------------------------------------------------
 
     def accept_inbound(self, msg: InboundMessage, session_key: str, max_per_hour: int | None = None,
@@ -404,23 +434,42 @@ class Store:
         Group commit: webhook threads of one process that arrive while another
         transaction is committing are stored together in the next transaction (each
         under its own savepoint); a failure of one message rolls back only that message.
+        One of them (the leader) commits the batch; the others wait on a condition and
+        never touch the write lock.
         Under ``FULL`` each returns only once an fsync that began after that commit
         succeeded (``_await_sync``: outside the write lock, one for every commit made
         meanwhile), a duplicate too.
 
         :param max_per_hour: when the sender already sent this many messages to the
             channel in the last hour, the message is stored as ``rate-limited``, no job.
-        :param delivery_key: the webhook delivery's idempotency key, remembered with it.
+        :param delivery_key: the webhook delivery's idempotency key (one per message of it:
+            see ``Pipeline.accept``): a key seen before makes the message a duplicate, whatever
+            its id; a new one is remembered with it.
         :return: ``("queued", row)``, ``("rate-limited", row)`` or ``("duplicate", None)``.
         """
         item = _Pending((msg, session_key, max_per_hour, delivery_key))
-        with self._pending_lock:
+        with self._batch_cv:
             self._pending.append(item)
-        with self._locked():
-            if not item.done:  # nobody took it along: commit it and whatever else is waiting
-                with self._pending_lock:
-                    batch, self._pending = self._pending, []
-                self._commit_batch(batch)
+            while not item.done and self._committing:  # another thread's batch is under way
+                self._batch_cv.wait()
+            lead = not item.done
+            if lead:  # commit this one and whatever else waits, as one batch
+                self._committing = True
+                batch, self._pending = self._pending, []
+        if lead:
+            try:
+                with self._locked():
+                    self._commit_batch(batch)
+            except BaseException as exc:  # the lock failed: fail the batch, so none of it waits forever
+                for other in batch:
+                    if not other.done:
+                        other.error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+                        other.done = True
+                raise
+            finally:
+                with self._batch_cv:
+                    self._committing = False
+                    self._batch_cv.notify_all()  # the batch's threads return; a waiting one leads next
         if item.error is not None:
             raise item.error
         if self._full:  # on disk before the 200, duplicates too (their first copy may not be yet)
@@ -428,19 +477,26 @@ class Store:
         return item.result
 
     def _commit_batch(self, batch: list["_Pending"]) -> None:
-        """One transaction for every pending accept (caller holds the write lock)."""
+        """One transaction for every pending accept (caller holds the write lock); the
+        usage counters of the batch are added once per channel, at its end."""
         db = self._conn()
+        usage: dict[str, collections.Counter] = {}
         try:
             db.execute("BEGIN IMMEDIATE")
             for item in batch:
                 db.execute("SAVEPOINT one")
                 try:
-                    item.result = self._accept_one(db, *item.args)
+                    item.result, counters = self._accept_one(db, *item.args)
                     db.execute("RELEASE one")
                 except Exception as exc:
                     db.execute("ROLLBACK TO one")
                     db.execute("RELEASE one")
                     item.error = exc
+                    continue
+                if counters:
+                    usage.setdefault(item.args[0].channel_id, collections.Counter()).update(counters)
+            for channel_id, counters in usage.items():
+                self._add_usage(db, channel_id, counters)
             db.execute("COMMIT")
         except BaseException as exc:  # the transaction itself failed: nothing of it is stored
             if db.in_transaction:
@@ -457,35 +513,38 @@ class Store:
             item.number, item.done = number, True
 
     def _accept_one(self, db: sqlite3.Connection, msg: InboundMessage, session_key: str,
-                    max_per_hour: int | None, delivery_key: str | None) -> tuple[str, int | None]:
+                    max_per_hour: int | None, delivery_key: str | None) -> tuple[tuple[str, int | None], dict]:
+        """Store one message (and its job); :return: the outcome and the usage counters to add."""
         now = time.time()
+        if delivery_key and not self._new_delivery(db, delivery_key, now):
+            return ("duplicate", None), {}  # this webhook delivery was processed before
         limited = max_per_hour is not None and db.execute(
             "SELECT COUNT(*) FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
             " AND created_at >= ?", (msg.channel_id, msg.sender, now - 3600)).fetchone()[0] >= max_per_hour
         row = self._insert_inbound(db, msg, session_key, "rate-limited" if limited else "received")
-        if delivery_key:
-            db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?)", (delivery_key, now))
         if row is None:
-            return "duplicate", None
+            return ("duplicate", None), {}
         counters = {"messages_in": 1, "units_in": msg.units}
         if limited:
-            self._add_usage(db, msg.channel_id, {**counters, "rate_limited": 1})
-            return "rate-limited", row
+            return ("rate-limited", row), {**counters, "rate_limited": 1}
         db.execute(
             "INSERT INTO jobs (inbound_id, channel_id, session_key, state, not_before, payload,"
             " created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-            (row, msg.channel_id, session_key, now, json.dumps(asdict(msg)), now, now))
-        self._add_usage(db, msg.channel_id, counters)
-        return "queued", row
+            (row, msg.channel_id, session_key, now, message_json(msg), now, now))
+        return ("queued", row), counters
 
-    def record_consent(self, msg: InboundMessage, session_key: str) -> bool:
+    def record_consent(self, msg: InboundMessage, session_key: str, delivery_key: str | None = None) -> bool:
         """Store an opt-out / opt-in / help message and apply it, in one transaction.
 
         The consent is applied even when the message was stored before (a retried
-        webhook after a failure), so a STOP can never be lost.
+        webhook after a failure), so a STOP can never be lost; but not when the same
+        webhook delivery (``delivery_key``) was processed before, so an old START
+        delivered again cannot undo a newer STOP.
         :return: False for a duplicate delivery.
         """
         with self._write(durable=True) as db:
+            if delivery_key and not self._new_delivery(db, delivery_key, time.time()):
+                return False
             row = self._insert_inbound(db, msg, session_key, msg.intent)
             if msg.intent == "opt_out":
                 db.execute("INSERT OR REPLACE INTO opt_outs VALUES (?, ?, ?, ?)",
@@ -776,13 +835,10 @@ class Store:
             db.execute("INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (channel_id, day, counter)"
                        " DO UPDATE SET value = value + excluded.value", (channel_id, day, name, value))
 
-    def seen_delivery(self, key: str) -> bool:
-        """True if a webhook delivery with this idempotency key was processed before; then,
-        under ``FULL``, only once what it stored is on disk (it may still wait for its fsync)."""
-        seen = self._conn().execute("SELECT 1 FROM deliveries WHERE key = ?", (key,)).fetchone() is not None
-        if seen:
-            self._barrier()
-        return seen
+    @staticmethod
+    def _new_delivery(db: sqlite3.Connection, key: str, now: float) -> bool:
+        """Remember a webhook delivery's idempotency key; False if it was remembered before."""
+        return db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?)", (key, now)).rowcount == 1
 
     def usage(self, day: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
         """``{(channel_id, day): {counter: value}}``, for one day or all."""

@@ -240,7 +240,8 @@ def test_healthz(make_runtime):
     rt = make_runtime([dummy_channel(), dummy_channel("off", "dummy:off", enabled=False)])
     client = falcon.testing.TestClient(create_app(rt))
     r = client.simulate_get("/healthz")
-    assert r.json == {"status": "ok", "channel_types": ["dummy"], "active_channels": ["d1"], "jobs_waiting": 0}
+    assert r.json == {"status": "ok", "channel_types": ["dummy"], "active_channels": ["d1"], "jobs_waiting": 0,
+                      "replies": "workers"}
     rt.store.path = rt.store.path.parent  # a directory: no connection can open it
     rt.store._local = type(rt.store._local)()
     r = client.simulate_get("/healthz")

@@ -82,6 +82,11 @@ def test_bench_smoke_is_correct(tmp_path):
     else:
         assert pin.startswith("off"), pin
 
+    # Sophon runs as `sophon serve`: gunicorn plus the reply sender, both measured
+    assert data["settings"]["sophon_replies"] == "sender"
+    sophon_rss = [r for r in s["rss"]["samples"] if r["kind"] == "sophon"]
+    assert sophon_rss and all(number(r.get("sender_vmhwm_mb")) and r["sender_vmhwm_mb"] > 0 for r in sophon_rss)
+
     # 1. ack: all four servers, every point correct, ratios are numbers
     ack = s["ack"]
     assert {(p["server"], p.get("sync")) for p in ack["points"]} == {

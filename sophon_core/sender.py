@@ -1,0 +1,175 @@
+"""The reply sender: the pipeline's runner threads in a process of their own.
+
+``sophon serve`` (and ``sophon sms demo``) start gunicorn for the webhooks and, next
+to it, this process (``python -m sophon_core.sender``), which claims the stored jobs
+and answers them: agent, split, pacing, send, retries, leases, delivery bookkeeping
+(everything ``Pipeline`` does). The gunicorn workers then only check, store and
+acknowledge (``SOPHON_REPLIES=sender``), and wake the sender with a datagram after
+each queued message (``notify``); the sender also polls the store, so a lost wake-up
+costs at most ``pipeline.IDLE_POLL``.
+
+Why a process of its own: a worker that also ran the agent and the provider calls
+spent most of its CPU (and the GIL) on them, and acknowledgements waited. The
+sender runs at a lower CPU priority (``SOPHON_SENDER_NICE``, default 10): when the
+CPU is short, webhooks, which Twilio gives up on after 15 s, come first, and replies
+catch up as soon as the burst is over; the messages wait in the store meanwhile,
+durably. A hung or CPU-hungry agent never slows the webhooks either.
+
+The process holds an exclusive lock on ``SOPHON_DATA_DIR/sender.lock`` while it runs
+(``running`` checks it; ``/healthz`` reports it), so a second sender for the same
+data folder refuses to start. It stops on SIGTERM or SIGINT (jobs in hand finish,
+up to 20 s; their leases cover a hard stop) and when the process that started it is
+gone. ``sophon serve`` starts it again if it dies.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import fcntl
+import functools
+import hashlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("sophon.sender")
+
+LOCK_NAME = "sender.lock"
+DEFAULT_NICE = 10
+STOP_TIMEOUT = 20.0  # seconds jobs in hand get to finish on SIGTERM (gunicorn's graceful timeout)
+
+_notify_sock: socket.socket | None = None
+_notify_pid = 0
+
+
+@functools.lru_cache(maxsize=16)
+def wake_address(data_dir: Path) -> str:
+    """The sender's wake-up socket: an abstract Unix datagram address (Linux), one per data folder."""
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
+    return f"\0sophon-sender-{digest}"
+
+
+def notify(data_dir: Path) -> None:
+    """Wake the sender of ``data_dir`` (from a webhook worker, after it queued a job).
+
+    Never blocks and never fails: with no sender listening, or its queue full, the
+    datagram is dropped and the sender finds the job at its next poll.
+    """
+    global _notify_sock, _notify_pid
+    try:
+        if _notify_sock is None or _notify_pid != os.getpid():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            sock.setblocking(False)
+            _notify_sock, _notify_pid = sock, os.getpid()
+        _notify_sock.sendto(b"!", wake_address(data_dir))
+    except OSError:
+        pass
+
+
+def running(data_dir: Path) -> bool:
+    """True when a sender holds ``data_dir``'s sender lock."""
+    path = Path(data_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # (closing drops the shared lock if we got it)
+    return False
+
+
+def _take_lock(data_dir: Path) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # ``running`` (``/healthz``, a worker's check) holds a shared lock for an instant: try for a second
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise SystemExit(f"sophon sender: another sender is already running for {data_dir} "
+                                 f"(it holds {data_dir / LOCK_NAME}); not starting a second one") from None
+            time.sleep(0.01)
+
+
+def _listen(sock: socket.socket, pipeline, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            data = sock.recv(4096)
+        except OSError:
+            if stop.is_set():
+                return
+            continue
+        if data:
+            pipeline.wake()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import logs
+    from .app import secrets_of
+    from .errors import SophonError
+    from .runtime import Runtime
+    from .settings import Settings
+
+    ap = argparse.ArgumentParser(prog="python -m sophon_core.sender", description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None,
+                    help="runner threads (default SOPHON_PIPELINE_THREADS x SOPHON_WORKERS)")
+    ap.add_argument("--nice", type=int, default=None, help=f"CPU niceness to add (default SOPHON_SENDER_NICE "
+                    f"or {DEFAULT_NICE}; 0 keeps the parent's)")
+    args = ap.parse_args(argv)
+    built: list = []
+    logs.configure(lambda: secrets_of(built[0]) if built else [])
+    parent = os.getppid()
+    settings = Settings.from_env()
+    threads = args.threads or settings.pipeline_threads * max(1, int(settings.env.get("SOPHON_WORKERS") or 1))
+    settings = dataclasses.replace(settings, pipeline_threads=max(1, threads), replies="workers")
+    nice = args.nice if args.nice is not None else int(settings.env.get("SOPHON_SENDER_NICE") or DEFAULT_NICE)
+    lock_fd = _take_lock(settings.data_dir)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(wake_address(settings.data_dir))
+    except OSError as exc:
+        log.warning("cannot listen for wake-ups (%s); finding new jobs by polling the store", exc)
+    if nice:
+        os.nice(nice)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        runtime = Runtime.build(settings)
+    except SophonError as exc:
+        log.error("reply sender cannot start:\n%s", exc)
+        return 1
+    built.append(runtime)
+    runtime.pipeline.start()
+    threading.Thread(target=_listen, args=(sock, runtime.pipeline, stop), name="sophon-sender-wake",
+                     daemon=True).start()
+    log.info("reply sender up: %d runner thread(s), nice +%d, store %s", threads, nice, settings.data_dir)
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("the process that started the reply sender is gone; stopping")
+            break
+    runtime.pipeline.shutdown(wait=True, timeout=STOP_TIMEOUT)
+    sock.close()
+    os.close(lock_fd)
+    log.info("reply sender stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

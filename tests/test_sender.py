@@ -1,0 +1,376 @@
+"""The reply sender (sophon_core/sender.py) and the pipeline's sender mode (SOPHON_REPLIES=sender).
+
+Real child processes hold the lock and run ``python -m sophon_core.sender``; every
+wait has a deadline.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dummy_channel import dummy_channel, wait_sent
+from sophon_core import pipeline as pipeline_mod
+from sophon_core import sender
+from sophon_core.models import InboundMessage
+
+# A child that takes an exclusive flock on argv[1], says "locked", and holds it until its stdin closes.
+HOLDER = ("import fcntl, os, sys\n"
+          "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+          "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+          "print('locked', flush=True)\n"
+          "sys.stdin.read()\n")
+
+
+def runner_threads(before=()):
+    """Runner threads that were not in ``before`` (threads of earlier runtimes may linger)."""
+    old = {id(t) for t in before}
+    return [t for t in threading.enumerate() if t.name.startswith("sophon-runner-") and id(t) not in old]
+
+
+class Holder:
+    """A real process holding ``path``'s flock until ``release()``."""
+
+    def __init__(self, path: Path):
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 15)
+        line = self.proc.stdout.readline() if ready else ""
+        if line.strip() != "locked":
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise AssertionError(f"the lock holder did not take the lock (said {line!r})")
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+@pytest.fixture
+def wake_socket():
+    """Bind a datagram socket at a data folder's wake-up address (what the sender listens on)."""
+    socks = []
+
+    def bind(data_dir: Path) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind(sender.wake_address(data_dir))
+        socks.append(s)
+        return s
+
+    yield bind
+    for s in socks:
+        s.close()
+
+
+# --- running() --------------------------------------------------------------------------
+
+def test_running_follows_a_real_process_holding_the_lock(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    lock = data / sender.LOCK_NAME
+    assert sender.LOCK_NAME == "sender.lock"
+    assert sender.running(data) is False  # no lock file
+    assert not lock.exists()  # ... and asking made none
+    lock.touch()
+    assert sender.running(data) is False  # a file nobody holds
+    holder = Holder(lock)
+    try:
+        assert sender.running(data) is True
+        assert sender.running(data) is True  # asking does not disturb the holder
+        assert holder.proc.poll() is None
+    finally:
+        holder.release()
+    assert holder.proc.returncode == 0
+    assert sender.running(data) is False  # the holder is gone, its lock with it
+    assert sender.running(tmp_path / "elsewhere") is False  # (another folder: never locked)
+
+
+# --- wake-ups -----------------------------------------------------------------------------
+
+def test_notify_delivers_a_datagram_to_the_wake_address(tmp_path, wake_socket):
+    data = tmp_path / "data"
+    listener = wake_socket(data)
+    listener.settimeout(5)
+    sender.notify(data)
+    assert listener.recv(16) == b"!"
+    sender.notify(data)
+    sender.notify(data)
+    assert listener.recv(16) == b"!" and listener.recv(16) == b"!"
+
+
+def test_notify_never_raises_or_blocks(tmp_path, wake_socket):
+    assert sender.notify(tmp_path / "nobody-listens") is None  # nothing bound there
+    full = tmp_path / "full"
+    wake_socket(full)  # bound, never read: its queue fills up
+    done = threading.Event()
+
+    def flood():
+        for _ in range(2000):
+            sender.notify(full)
+        done.set()
+
+    threading.Thread(target=flood, daemon=True).start()
+    assert done.wait(10), "notify blocked on a full wake-up queue"
+
+
+def test_wake_address_is_one_per_data_folder(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = sender.wake_address(tmp_path / "a"), sender.wake_address(tmp_path / "b")
+    assert a.startswith("\0")  # abstract: no file to clean up
+    assert a != b
+    assert sender.wake_address(tmp_path / "c") not in (a, b)  # (a folder that does not exist yet too)
+    monkeypatch.chdir(tmp_path)
+    # a name no other test used (wake_address caches its answers)
+    rel = f"spelled-{tmp_path.name}"
+    (tmp_path / rel).mkdir()
+    (tmp_path / "x").mkdir()
+    absolute = sender.wake_address(tmp_path / rel)
+    assert sender.wake_address(Path(rel)) == absolute
+    assert sender.wake_address(Path(".") / "x" / ".." / rel) == absolute
+    assert sender.wake_address(tmp_path / "x" / ".." / rel) == absolute
+    assert sender.wake_address(Path(str(tmp_path / rel) + "/")) == absolute
+
+
+def test_notify_with_another_spelling_reaches_the_same_listener(tmp_path, monkeypatch, wake_socket):
+    data = tmp_path / f"other-{tmp_path.name}"
+    data.mkdir()
+    listener = wake_socket(data)
+    listener.settimeout(5)
+    monkeypatch.chdir(tmp_path / "..")
+    sender.notify(Path(tmp_path.name) / "." / data.name)
+    assert listener.recv(16) == b"!"
+
+
+# --- the pipeline in sender mode -------------------------------------------------------------
+
+def message(mid="m1", text="hello"):
+    return InboundMessage("d1", mid, "dummy:alice", "dummy:bob", text)
+
+
+def test_sender_mode_pipeline_stores_wakes_and_runs_no_threads(make_runtime, sent, wake_socket, caplog):
+    before = threading.enumerate()
+    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
+    assert rt.settings.replies == "sender"
+    listener = wake_socket(rt.settings.data_dir)
+    listener.setblocking(False)
+    rt.pipeline.start()
+    rt.pipeline.start()
+    assert runner_threads(before) == [] and rt.pipeline._threads == []
+    with caplog.at_level(logging.WARNING, logger="sophon.pipeline"):
+        assert rt.pipeline.accept("dummy", [message()]) == 1
+    # the wake-up was sent within accept (Unix datagrams are delivered by sendto itself)
+    assert listener.recv(16) == b"!"
+    assert "no reply sender is running" in caplog.text  # (none holds the lock here)
+    assert runner_threads(before) == [] and rt.pipeline._threads == []
+    assert rt.store.job_states() == {"queued": 1}
+    # a duplicate is not queued again and wakes nobody
+    assert rt.pipeline.accept("dummy", [message()]) == 0
+    with pytest.raises(BlockingIOError):
+        listener.recv(16)
+    assert rt.store.job_states() == {"queued": 1}
+    assert sent == []
+    # what the reply sender does: a pipeline with runner threads, on the same store
+    worker = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "workers"})
+    worker.pipeline.start()
+    (reply,) = wait_sent(1)
+    assert reply == ("d1", "dummy:alice", 'Sophon default agent. You said: "hello"')
+    deadline = time.monotonic() + 10
+    while rt.store.job_states() != {"done": 1} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rt.store.job_states() == {"done": 1}
+
+
+def test_sender_mode_says_nothing_when_a_sender_holds_the_lock(make_runtime, wake_socket, caplog, tmp_path):
+    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
+    listener = wake_socket(rt.settings.data_dir)
+    listener.settimeout(5)
+    with Holder(rt.settings.data_dir / sender.LOCK_NAME):
+        with caplog.at_level(logging.WARNING, logger="sophon.pipeline"):
+            assert rt.pipeline.accept("dummy", [message("m2")]) == 1
+    assert listener.recv(16) == b"!"
+    assert "no reply sender is running" not in caplog.text
+
+
+def test_workers_mode_starts_runner_threads_and_sends_no_wake_up(make_runtime, sent, wake_socket):
+    before = threading.enumerate()
+    rt = make_runtime([dummy_channel()])
+    assert rt.settings.replies == "workers"
+    listener = wake_socket(rt.settings.data_dir)
+    listener.setblocking(False)
+    assert runner_threads(before) == []  # not before the first start / message
+    assert rt.pipeline.accept("dummy", [message("m3", "hi")]) == 1
+    threads = runner_threads(before)
+    assert len(threads) == rt.settings.pipeline_threads and all(t.is_alive() for t in threads)
+    (reply,) = wait_sent(1)
+    assert reply == ("d1", "dummy:alice", 'Sophon default agent. You said: "hi"')
+    with pytest.raises(BlockingIOError):
+        listener.recv(16)
+
+
+def _waiting(thread: threading.Thread) -> bool:
+    """True when ``thread`` is blocked in a Condition.wait (the runner's idle wait)."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "wait" and frame.f_code.co_filename == threading.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_wake_stops_the_runners_idle_wait(make_runtime, sent, monkeypatch):
+    """What the sender does on a datagram: runners waiting out a (here very long) idle poll claim at once."""
+    monkeypatch.setattr(pipeline_mod, "IDLE_POLL", 120.0)
+    before = threading.enumerate()
+    rt = make_runtime([dummy_channel()], pipeline_threads=2)
+    rt.pipeline.start()
+    runners = runner_threads(before)
+    assert len(runners) == 2
+    deadline = time.monotonic() + 10
+    while not all(_waiting(t) for t in runners):
+        assert time.monotonic() < deadline, "the runners never went idle"
+        time.sleep(0.02)
+    # a job stored behind the pipeline's back (as a webhook worker of another process does)
+    channel = rt.config.get("d1")
+    msg = message("m4", "wake up")
+    outcome, _ = rt.store.accept_inbound(msg, pipeline_mod.session_key(channel, msg), 100)
+    assert outcome == "queued"
+    assert sent == []
+    rt.pipeline.wake()
+    (reply,) = wait_sent(1, timeout=10)  # without the wake-up: 120 s
+    assert reply[2] == 'Sophon default agent. You said: "wake up"'
+
+
+# --- python -m sophon_core.sender ------------------------------------------------------------
+
+@pytest.fixture
+def sender_env(tmp_path):
+    channels = tmp_path / "channels.json"
+    channels.write_text(json.dumps({"channels": []}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOPHON_", "PROMETHEUS_"))}
+    env.update(SOPHON_CHANNELS=str(channels), SOPHON_DATA_DIR=str(tmp_path / "data"),
+               SOPHON_PLUGINS="default_agent", SOPHON_PIPELINE_THREADS="2")
+    return env
+
+
+def start_sender(env, log: Path, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sophon_core.sender", *args], env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_log(proc: subprocess.Popen, log: Path, text: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = log.read_text(errors="replace")
+        if text in out:
+            return out
+        assert proc.poll() is None, f"the sender exited with {proc.returncode}:\n{out}"
+        assert time.monotonic() < deadline, f"no {text!r} in the sender's log within {timeout} s:\n{out}"
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=10)
+
+
+def test_sender_refuses_to_start_while_another_holds_the_lock(tmp_path, sender_env):
+    data = tmp_path / "data"
+    data.mkdir()
+    with Holder(data / "sender.lock"):
+        out = subprocess.run([sys.executable, "-m", "sophon_core.sender"], env=sender_env, capture_output=True,
+                             text=True, timeout=60)
+    assert out.returncode != 0
+    assert "sender.lock" in out.stderr and "already running" in out.stderr, out.stderr
+    assert "reply sender up" not in out.stderr
+
+
+def test_second_real_sender_refuses_and_sigterm_stops_the_first(tmp_path, sender_env):
+    data = tmp_path / "data"
+    first = start_sender(sender_env, tmp_path / "first.log", "--nice", "0")
+    try:
+        wait_for_log(first, tmp_path / "first.log", "reply sender up")
+        assert sender.running(data)
+        second = subprocess.run([sys.executable, "-m", "sophon_core.sender"], env=sender_env, capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode != 0
+        assert "sender.lock" in second.stderr and "already running" in second.stderr, second.stderr
+        assert first.poll() is None  # the first one is not disturbed
+        started = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=10) == 0
+        took = time.monotonic() - started
+    finally:
+        stop(first)
+    assert took < 5, f"the sender took {took:.1f} s to stop"
+    assert "reply sender stopped" in (tmp_path / "first.log").read_text()
+    assert not sender.running(data)
+    # the lock is free again: a new sender starts
+    again = start_sender(sender_env, tmp_path / "again.log")
+    try:
+        wait_for_log(again, tmp_path / "again.log", "reply sender up")
+        again.send_signal(signal.SIGINT)
+        assert again.wait(timeout=10) == 0
+    finally:
+        stop(again)
+
+
+def test_sender_stops_when_the_process_that_started_it_is_gone(tmp_path, sender_env):
+    """No PR_SET_PDEATHSIG here: the sender notices by itself that its parent is gone."""
+    parent = ("import subprocess, sys, time\n"
+              "from sophon_core import sender\n"
+              "p = subprocess.Popen([sys.executable, '-m', 'sophon_core.sender', '--nice', '0'])\n"
+              "print(p.pid, flush=True)\n"
+              "deadline = time.monotonic() + 20\n"
+              "while not sender.running(sys.argv[1]) and time.monotonic() < deadline:\n"
+              "    time.sleep(0.05)\n"
+              "sys.exit(0 if sender.running(sys.argv[1]) else 3)\n")
+    data = tmp_path / "data"
+    log = (tmp_path / "orphan.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-c", parent, str(data)], env=sender_env, stdout=subprocess.PIPE,
+                            stderr=log, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=40)
+        assert proc.returncode == 0, (tmp_path / "orphan.log").read_text()
+        pid = int(out.split()[0])
+        deadline = time.monotonic() + 15
+        while sender.running(data) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not sender.running(data), "the orphaned sender still runs"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+        log.close()
+    text = (tmp_path / "orphan.log").read_text()
+    assert "the process that started the reply sender is gone; stopping" in text
+    assert "reply sender stopped" in text
+    assert pid > 0
