@@ -151,6 +151,7 @@ class Pipeline:
                 queued += 1
         if queued:
             if self.runtime.settings.replies == "sender":
+                self.start()  # (the checkpoint thread; started at boot already)
                 self._notify_sender()
             else:
                 self.start()
@@ -178,20 +179,24 @@ class Pipeline:
     # --- runner threads ------------------------------------------------------------
 
     def start(self) -> None:
-        """Start this process's runner threads (idempotent; safe after fork or --preload); none
-        under ``SOPHON_REPLIES=sender``, where the reply sender process runs them."""
-        if self.runtime.settings.replies == "sender":
-            return  # the reply sender process runs them (sophon_core/sender.py)
+        """Start this process's runner threads (idempotent; safe after fork or --preload); under
+        ``SOPHON_REPLIES=sender``, where the reply sender process runs them, only a checkpoint thread."""
         with self._guard:
             if self._pid != os.getpid():  # forked (gunicorn --preload): threads did not come along
                 self._pid, self._threads, self._active = os.getpid(), [], {}
                 self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             if self._threads or self._stop.is_set():
                 return
-            count = self.runtime.settings.pipeline_threads
-            self._threads = [threading.Thread(target=self._run, name=f"sophon-runner-{i}", daemon=True)
-                             for i in range(count)]
-            self._threads.append(threading.Thread(target=self._heartbeat, name="sophon-lease", daemon=True))
+            if self.runtime.settings.replies == "sender":
+                # the reply sender process runs the runners (sender.py); this process only
+                # checkpoints the store's log, at its own priority
+                self._threads = [threading.Thread(target=self._checkpointer, name="sophon-checkpoint",
+                                                  daemon=True)]
+            else:
+                count = self.runtime.settings.pipeline_threads
+                self._threads = [threading.Thread(target=self._run, name=f"sophon-runner-{i}", daemon=True)
+                                 for i in range(count)]
+                self._threads.append(threading.Thread(target=self._heartbeat, name="sophon-lease", daemon=True))
             for t in self._threads:
                 t.start()
             atexit.register(self.shutdown)  # gunicorn's graceful stop: finish what is in hand
@@ -268,6 +273,16 @@ class Pipeline:
                     log.error("lost the lease of job(s) %s to another runner", lost)
             except Exception:
                 log.exception("renewing job leases failed")
+
+    def _checkpointer(self) -> None:
+        """Under ``SOPHON_REPLIES=sender``, in each webhook worker: checkpoint the store every
+        second (the sender does too, but at a lower priority it may be starved under load, and
+        a commit would then checkpoint a long log itself, in the write lock)."""
+        while not self._stop.wait(SYNC_EVERY):
+            try:
+                self.runtime.store.checkpoint()
+            except Exception:
+                log.exception("checkpointing the store failed")
 
     def _prune_media(self) -> int:
         """Delete kept files older than ``SOPHON_MEDIA_RETENTION_DAYS`` (any worker may; it is idempotent)."""

@@ -170,7 +170,7 @@ def message(mid="m1", text="hello"):
     return InboundMessage("d1", mid, "dummy:alice", "dummy:bob", text)
 
 
-def test_sender_mode_pipeline_stores_wakes_and_runs_no_threads(make_runtime, sent, wake_socket, caplog):
+def test_sender_mode_pipeline_stores_wakes_and_runs_no_runner_threads(make_runtime, sent, wake_socket, caplog):
     before = threading.enumerate()
     rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
     assert rt.settings.replies == "sender"
@@ -178,13 +178,14 @@ def test_sender_mode_pipeline_stores_wakes_and_runs_no_threads(make_runtime, sen
     listener.setblocking(False)
     rt.pipeline.start()
     rt.pipeline.start()
-    assert runner_threads(before) == [] and rt.pipeline._threads == []
+    # no runner threads, only one that checkpoints the store (Pipeline._checkpointer)
+    assert runner_threads(before) == [] and [t.name for t in rt.pipeline._threads] == ["sophon-checkpoint"]
     with caplog.at_level(logging.WARNING, logger="sophon.pipeline"):
         assert rt.pipeline.accept("dummy", [message()]) == 1
     # the wake-up was sent within accept (Unix datagrams are delivered by sendto itself)
     assert listener.recv(16) == b"!"
     assert "no reply sender is running" in caplog.text  # (none holds the lock here)
-    assert runner_threads(before) == [] and rt.pipeline._threads == []
+    assert runner_threads(before) == [] and [t.name for t in rt.pipeline._threads] == ["sophon-checkpoint"]
     assert rt.store.job_states() == {"queued": 1}
     # a duplicate is not queued again and wakes nobody
     assert rt.pipeline.accept("dummy", [message()]) == 0

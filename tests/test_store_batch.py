@@ -426,3 +426,22 @@ def test_an_old_start_delivered_again_does_not_undo_a_newer_stop(make_runtime):
     assert not rt.store.opted_out("d1", "dummy:cat")
     rt.pipeline.accept("dummy", [dmsg("a3", sender="dummy:cat", text="STOP", intent="opt_out")])
     assert rt.store.opted_out("d1", "dummy:cat")
+
+
+def test_webhook_workers_checkpoint_the_store_themselves_under_a_reply_sender(make_runtime, monkeypatch):
+    """SOPHON_REPLIES=sender: the sender (nice +10) may be starved under load; each worker
+    checkpoints too, so no webhook's commit has to checkpoint a long log in the write lock."""
+    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
+    called = threading.Event()
+    threads = []
+    real = rt.store.checkpoint
+
+    def checkpoint():
+        threads.append(threading.current_thread().name)
+        real()
+        called.set()
+
+    monkeypatch.setattr(rt.store, "checkpoint", checkpoint)
+    rt.pipeline.start()
+    assert called.wait(10), "no thread of the worker called Store.checkpoint"
+    assert threads[0] == "sophon-checkpoint"
