@@ -1173,7 +1173,7 @@ def print_table(r: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description="Sophon's webhook and pipeline benchmark "
-                                 "(loopback only). Default: the full run, about 10 minutes on 2 cores.")
+                                 "(loopback only). Default: the full run, about 15 minutes on 2 cores.")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="fewer seconds per point, shorter pacing window")
     mode.add_argument("--smoke", action="store_true", help="seconds, tiny counts: checks correctness only")
