@@ -720,7 +720,7 @@ class Bench:
                 if self.p.name == "smoke":  # the slow agent does answer, after its time
                     info["slow_reply_delay_s"] = self.wait_slow_reply(srv, start)
             info["rss"] = self.sample_rss(srv, section)
-            info["store_bytes"] = store_bytes(srv.db)
+        info["store_bytes"] = store_bytes(srv.db, fold_log=True)  # (the server has stopped)
         return points, info
 
     def wait_slow_reply(self, server: Running, start: int) -> float | None:
@@ -999,7 +999,13 @@ def mem_gb() -> float:
     return 0.0
 
 
-def store_bytes(db: Path) -> int:
+def store_bytes(db: Path, fold_log: bool = False) -> int:
+    """The store's files, in bytes. ``fold_log`` (no server running): first copy the write-ahead
+    log into the database file and empty it, so that the figure is the data, not how far the
+    log grew between checkpoints."""
+    if fold_log and db.exists():
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     return sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
 
 

@@ -303,6 +303,10 @@ class Pipeline:
         try:
             channel = self.runtime.config.get(job.channel_id)
             if channel is None or not channel.enabled:
+                # activated in the last second (another process accepted the message)? look again now
+                self.runtime.reload_if_changed(every=0)
+                channel = self.runtime.config.get(job.channel_id)
+            if channel is None or not channel.enabled:
                 store.fail(job, f"channel {job.channel_id!r} is no longer active; reply not sent")
                 log.error("job %d: channel %r is no longer active; not answering", job.id, job.channel_id)
                 return

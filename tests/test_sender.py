@@ -375,3 +375,26 @@ def test_sender_stops_when_the_process_that_started_it_is_gone(tmp_path, sender_
     assert "the process that started the reply sender is gone; stopping" in text
     assert "reply sender stopped" in text
     assert pid > 0
+
+
+def test_a_job_for_a_channel_activated_a_moment_ago_elsewhere_is_answered(make_runtime, sent):
+    """The process that accepted the message saw the channel active; the runner's copy of
+    channels.json is up to a second old and still says inactive: it must look again, not
+    give the message up (this failed a dashboard test: activate, text, no reply)."""
+    rt = make_runtime([dummy_channel(enabled=False)])
+    path = rt.settings.channels_path
+    rt.reload_if_changed(every=0)  # the runner just checked: the next look is a second away
+    assert rt.config.get("d1").enabled is False
+    data = json.loads(path.read_text())
+    data["channels"][0]["enabled"] = True
+    path.write_text(json.dumps(data))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))  # a new mtime even on coarse clocks
+    # another process (which saw the new file) stored the message and its job
+    assert rt.store.accept_inbound(message("m-new"), "agent:default:peer:d1:dummy:alice")[0] == "queued"
+    rt.pipeline.start()
+    (reply,) = wait_sent(1)
+    assert reply == ("d1", "dummy:alice", 'Sophon default agent. You said: "hello"')
+    deadline = time.monotonic() + 10
+    while rt.store.job_states() != {"done": 1} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rt.store.job_states() == {"done": 1}
