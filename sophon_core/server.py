@@ -34,14 +34,22 @@ def _has_setting(name: str) -> bool:
     return any(s.name == name for s in KNOWN_SETTINGS)
 
 
-def _die_with_parent() -> None:
-    """In a child, before exec: get SIGTERM when the parent (``sophon serve``) dies, even by SIGKILL."""
+def _load_prctl():
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_prctl = _load_prctl()  # looked up here, in the parent: a child between fork and exec only calls it
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: get SIGTERM when the parent (``sophon serve``) dies, even by SIGKILL."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def sender_argv(threads: int) -> list[str]:
