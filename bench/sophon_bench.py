@@ -1013,10 +1013,8 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
     """Write ``inbound`` answered conversations turns straight into a new store: each an inbound
     message, its done job and its reply (so 2 x ``inbound`` rows in ``messages``), spread over
     the last 30 days and over the benchmark's senders, in the schema of sophon_core.store."""
-    from dataclasses import asdict
-
     from sophon_core.models import InboundMessage
-    from sophon_core.store import Store
+    from sophon_core.store import Store, message_json
 
     started = time.monotonic()
     Store(db, "NORMAL")  # creates the schema
@@ -1040,8 +1038,8 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
                          at, None))
         out_rows.append((out_id, channel_id, "out", f"SMsent{i:028x}", peer, session, reply, "delivered", None,
                          in_id, i + 1, 0, 1, at + 1.5, at + 3))
-        payload = json.dumps(asdict(InboundMessage(channel_id=channel_id, provider_message_id=sid, sender=peer,
-                                                   recipient=MAIN_NUMBER, text=text, received_at=at)))
+        payload = message_json(InboundMessage(channel_id=channel_id, provider_message_id=sid, sender=peer,
+                                              recipient=MAIN_NUMBER, text=text, received_at=at))
         job_rows.append((i + 1, in_id, channel_id, session, "done", 1, at, None, None, 1, None, payload, reply,
                          None, at, at + 1.5))
         day = time.strftime("%Y-%m-%d", time.gmtime(at))

@@ -126,8 +126,9 @@ def run_gunicorn(bind: str, workers: int, threads: int, env: Mapping[str, str] |
     proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
     sender = None
     if replies == "sender":
-        pipeline_threads = int(float(env.get("SOPHON_PIPELINE_THREADS") or 8))
-        sender = _Sender(sender_argv(pipeline_threads * workers), env)
+        from .settings import Settings
+
+        sender = _Sender(sender_argv(Settings.from_env(env).pipeline_threads * workers), env)
         sender.start()
 
     def forward(signum, frame):

@@ -166,6 +166,14 @@ def test_notify_with_another_spelling_reaches_the_same_listener(tmp_path, monkey
 
 # --- the pipeline in sender mode -------------------------------------------------------------
 
+def job_states_become(store, expected: dict, timeout: float = 10.0) -> dict:
+    """The store's job states once they equal ``expected``, or as they are after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while store.job_states() != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return store.job_states()
+
+
 def message(mid="m1", text="hello"):
     return InboundMessage("d1", mid, "dummy:alice", "dummy:bob", text)
 
@@ -198,10 +206,7 @@ def test_sender_mode_pipeline_stores_wakes_and_runs_no_runner_threads(make_runti
     worker.pipeline.start()
     (reply,) = wait_sent(1)
     assert reply == ("d1", "dummy:alice", 'Sophon default agent. You said: "hello"')
-    deadline = time.monotonic() + 10
-    while rt.store.job_states() != {"done": 1} and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert rt.store.job_states() == {"done": 1}
+    assert job_states_become(rt.store, {"done": 1}) == {"done": 1}
 
 
 def test_sender_mode_says_nothing_when_a_sender_holds_the_lock(make_runtime, wake_socket, caplog, tmp_path):
@@ -394,7 +399,4 @@ def test_a_job_for_a_channel_activated_a_moment_ago_elsewhere_is_answered(make_r
     rt.pipeline.start()
     (reply,) = wait_sent(1)
     assert reply == ("d1", "dummy:alice", 'Sophon default agent. You said: "hello"')
-    deadline = time.monotonic() + 10
-    while rt.store.job_states() != {"done": 1} and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert rt.store.job_states() == {"done": 1}
+    assert job_states_become(rt.store, {"done": 1}) == {"done": 1}

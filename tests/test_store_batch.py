@@ -342,8 +342,8 @@ def test_commits_leave_the_log_to_the_background_checkpoint_which_copies_all_of_
     assert len(inbound_rows(store.path)) == i
 
 
-def test_the_pipeline_heartbeat_checkpoints_the_store(make_runtime, monkeypatch):
-    rt = make_runtime([dummy_channel()])
+def checkpointing_thread(rt, monkeypatch) -> str:
+    """Start ``rt``'s pipeline; the name of the first thread that calls ``Store.checkpoint``."""
     called = threading.Event()
     threads = []
     real = rt.store.checkpoint
@@ -355,8 +355,13 @@ def test_the_pipeline_heartbeat_checkpoints_the_store(make_runtime, monkeypatch)
 
     monkeypatch.setattr(rt.store, "checkpoint", checkpoint)
     rt.pipeline.start()
-    assert called.wait(10), "the heartbeat never called Store.checkpoint"
-    assert threads[0] == "sophon-lease"
+    assert called.wait(10), "no thread of the pipeline called Store.checkpoint"
+    return threads[0]
+
+
+def test_the_pipeline_heartbeat_checkpoints_the_store(make_runtime, monkeypatch):
+    rt = make_runtime([dummy_channel()])
+    assert checkpointing_thread(rt, monkeypatch) == "sophon-lease"
 
 
 # --- 6. webhook idempotency keys ------------------------------------------------------
@@ -432,16 +437,4 @@ def test_webhook_workers_checkpoint_the_store_themselves_under_a_reply_sender(ma
     """SOPHON_REPLIES=sender: the sender (nice +10) may be starved under load; each worker
     checkpoints too, so no webhook's commit has to checkpoint a long log in the write lock."""
     rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
-    called = threading.Event()
-    threads = []
-    real = rt.store.checkpoint
-
-    def checkpoint():
-        threads.append(threading.current_thread().name)
-        real()
-        called.set()
-
-    monkeypatch.setattr(rt.store, "checkpoint", checkpoint)
-    rt.pipeline.start()
-    assert called.wait(10), "no thread of the worker called Store.checkpoint"
-    assert threads[0] == "sophon-checkpoint"
+    assert checkpointing_thread(rt, monkeypatch) == "sophon-checkpoint"
