@@ -10,10 +10,12 @@ costs at most ``pipeline.IDLE_POLL``.
 
 Why a process of its own: a worker that also ran the agent and the provider calls
 spent most of its CPU (and the GIL) on them, and acknowledgements waited. The
-sender runs at a lower CPU priority (``SOPHON_SENDER_NICE``, default 10): when the
+sender runs at the lowest CPU priority (``SOPHON_SENDER_NICE``, default 19): when the
 CPU is short, webhooks, which Twilio gives up on after 15 s, come first, and replies
 catch up as soon as the burst is over; the messages wait in the store meanwhile,
-durably. A hung or CPU-hungry agent never slows the webhooks either.
+durably. Nice 19 rather than SCHED_IDLE: the sender still gets a small share of a
+CPU that other processes keep busy (say, a local model answering for the agent),
+so replies never stop altogether. A hung or CPU-hungry agent never slows the webhooks either.
 
 The process holds an exclusive lock on ``SOPHON_DATA_DIR/sender.lock`` while it runs
 (``running`` checks it; ``/healthz`` reports it), so a second sender for the same
@@ -41,7 +43,7 @@ from pathlib import Path
 log = logging.getLogger("sophon.sender")
 
 LOCK_NAME = "sender.lock"
-DEFAULT_NICE = 10
+DEFAULT_NICE = 19  # the lowest CPU priority that still gets a share under load (unlike SCHED_IDLE)
 STOP_TIMEOUT = 20.0  # seconds jobs in hand get to finish on SIGTERM (gunicorn's graceful timeout)
 
 _notify_sock: socket.socket | None = None

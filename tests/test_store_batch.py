@@ -434,7 +434,105 @@ def test_an_old_start_delivered_again_does_not_undo_a_newer_stop(make_runtime):
 
 
 def test_webhook_workers_checkpoint_the_store_themselves_under_a_reply_sender(make_runtime, monkeypatch):
-    """SOPHON_REPLIES=sender: the sender (nice +10) may be starved under load; each worker
+    """SOPHON_REPLIES=sender: the sender (nice +19) may be starved under load; each worker
     checkpoints too, so no webhook's commit has to checkpoint a long log in the write lock."""
     rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
     assert checkpointing_thread(rt, monkeypatch) == "sophon-checkpoint"
+
+
+# --- 6. how a batch is led: one wake-up per follower, one batch in flight, no savepoints ---
+
+def test_each_follower_is_woken_exactly_once(tmp_path, monkeypatch):
+    """A follower sleeps on a lock of its own until its leader wakes it (to return, or to lead
+    the next batch): never woken for another batch's sake."""
+    store = Store(tmp_path / "s.db")
+    wakes: dict[str, int] = {}
+    guard = threading.Lock()
+    real_wake = store_mod._Pending.wake
+
+    def wake(item):
+        with guard:
+            wakes[item.args[0].provider_message_id] = wakes.get(item.args[0].provider_message_id, 0) + 1
+        real_wake(item)
+
+    monkeypatch.setattr(store_mod._Pending, "wake", wake)
+    batches = spy_batches(store, monkeypatch, delay=0.02)
+    n = 24
+    results = run_threads([lambda i=i: store.accept_inbound(msg(f"m{i}"), "s") for i in range(n)])
+    assert {r[0] for r in results.values()} == {"ok"}
+    first = batches[0][0]  # the first leader found no batch under way: it never slept
+    assert wakes.get(first, 0) == 0, wakes
+    # every other accept was woken once: to return, or (a later batch's leader) to lead
+    assert {mid: wakes.get(mid, 0) for b in batches for mid in b if mid != first} == {
+        mid: 1 for b in batches for mid in b if mid != first}, (wakes, batches)
+    assert len(batches) < n  # some were committed together
+
+
+def test_one_batch_per_process_is_in_flight_from_its_commit_to_the_end_of_its_fsync(tmp_path, monkeypatch):
+    """The next batch is committed only once the previous one's fsync ended (it grows meanwhile)."""
+    from test_store_sync import FsyncLog
+
+    store = Store(tmp_path / "s.db")
+    log = FsyncLog(monkeypatch)  # each fdatasync sleeps a little, so that accepts pile up during it
+    real = store._commit_batch
+
+    def commit(batch):
+        log.add("commit-begin", len(batch))
+        real(batch)
+        log.add("commit-end", len(batch))
+
+    monkeypatch.setattr(store, "_commit_batch", commit)
+    n = 40
+    results = run_threads([lambda i=i: store.accept_inbound(msg(f"m{i}"), "s") for i in range(n)])
+    assert {r[0] for r in results.values()} == {"ok"}
+    events = [e for e in log.events if e[0] in ("commit-begin", "commit-end", "begin", "end")]
+    in_flight = False  # a batch committed and not yet synced
+    syncing = 0
+    for kind, _ in events:
+        if kind == "commit-begin":
+            assert not in_flight and syncing == 0, events  # never while the last batch waits for its fsync
+        elif kind == "commit-end":
+            in_flight = True
+        elif kind == "begin":
+            syncing += 1
+        elif kind == "end":
+            syncing -= 1
+            in_flight = False
+    sizes = [size for kind, size in events if kind == "commit-begin"]
+    assert sum(sizes) == n and max(sizes) > 1, sizes
+
+
+def test_a_batch_where_nothing_fails_is_written_without_savepoints_one_that_fails_with_them(tmp_path):
+    store = Store(tmp_path / "s.db")
+    statements: list[str] = []
+    store._batch_conn().set_trace_callback(statements.append)
+    good = [store_mod._Pending((msg(f"g{i}"), "s", None, None)) for i in range(3)]
+    with store._locked():
+        store._commit_batch(good)
+    assert [p.result[0] for p in good] == ["queued"] * 3
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()], statements
+    assert sum(s.startswith("BEGIN") for s in statements) == 1
+
+    statements.clear()
+    bad = msg("bad")
+    object.__setattr__(bad, "metadata", {"not": object()})  # cannot be stored as JSON: fails after its insert
+    mixed = [store_mod._Pending((m, "s", None, None)) for m in (msg("h1"), bad, msg("h2"))]
+    with store._locked():
+        store._commit_batch(mixed)
+    assert [p.error is None for p in mixed] == [True, False, True]
+    assert [s for s in statements if s.upper().startswith("SAVEPOINT")], statements  # the second attempt
+    assert sum(s.startswith("BEGIN") for s in statements) == 2 and statements.count("ROLLBACK") == 1
+    assert inbound_rows(store.path) == {"g0": 1, "g1": 1, "g2": 1, "h1": 1, "h2": 1}
+
+
+def test_the_leaders_share_one_connection_and_a_forked_child_opens_its_own(tmp_path, monkeypatch):
+    store = Store(tmp_path / "s.db")
+    used = []
+    real = store._commit_batch
+    monkeypatch.setattr(store, "_commit_batch", lambda batch: (used.append(store._batch_conn()), real(batch)))
+    results = run_threads([lambda i=i: store.accept_inbound(msg(f"m{i}"), "s") for i in range(12)])
+    assert {r[0] for r in results.values()} == {"ok"}
+    assert len({id(db) for db in used}) == 1  # whichever thread led
+    first = used[0]
+    monkeypatch.setattr(store, "_batch_pid", -1)  # as seen from a child after fork
+    assert store._batch_conn() is not first

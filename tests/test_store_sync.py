@@ -113,13 +113,13 @@ def test_a_relaxed_thread_still_fsyncs_acknowledgements_and_consent(tmp_path):
 
 
 class FsyncLog:
-    """os.fsync as seen by the store: an event list ("begin", i) / ("end", i) / ("fail", i),
+    """os.fdatasync (how the store syncs its log) as seen by the store: an event list ("begin", i) / ("end", i) / ("fail", i),
     with a short sleep in each fsync so that commits and waits overlap it."""
 
     def __init__(self, monkeypatch, fail=lambda: False):
         self.events, self.lock, self.fail = [], threading.Lock(), fail
-        self.real = os.fsync
-        monkeypatch.setattr(store_mod.os, "fsync", self)
+        self.real = os.fdatasync
+        monkeypatch.setattr(store_mod.os, "fdatasync", self)
 
     def add(self, *event) -> int:
         with self.lock:
@@ -229,13 +229,13 @@ def test_a_normal_store_is_not_changed_by_relaxing(tmp_path):
 def test_relaxed_commits_are_fsynced_by_sync_relaxed_and_only_when_there_are_some(tmp_path, monkeypatch):
     store = Store(tmp_path / "s.db")
     synced = []
-    real_fsync = os.fsync
+    real_sync = os.fdatasync
 
-    def fsync(fd):
+    def fdatasync(fd):
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
+        real_sync(fd)
 
-    monkeypatch.setattr(store_mod.os, "fsync", fsync)
+    monkeypatch.setattr(store_mod.os, "fdatasync", fdatasync)
     store.count("c1", failed=1)  # fsynced before it returned (FULL): nothing left to do
     assert store.sync_relaxed() is False
     synced.clear()

@@ -216,7 +216,7 @@ def test_serve_answers_from_the_reply_sender_not_the_workers(sandbox, account, s
         assert sorted(kids) == sorted([sender_pid, master])  # nothing else
         workers = wait_until(lambda: len(served.workers()) == 2 and served.workers(), 20, "2 gunicorn workers")
         assert sender_pid not in workers
-        # the sender runs at a lower CPU priority (SOPHON_SENDER_NICE, default +10)
+        # the sender runs at a lower CPU priority (SOPHON_SENDER_NICE, default +19)
         assert stat(sender_pid)[3] == min(19, stat(served.pid)[3] + sender.DEFAULT_NICE)
         assert stat(master)[3] == stat(served.pid)[3]
 
