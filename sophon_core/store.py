@@ -145,15 +145,15 @@ def message_json(msg: InboundMessage) -> str:
 class _Pending:
     """One ``accept_inbound`` call waiting to be committed (see ``Store._lead``).
 
-    Its thread sleeps on a lock of its own until it is woken, once: to return (``done``)
-    or to lead the next batch (``lead``). A condition shared by every waiting thread
+    Its thread sleeps on a lock of its own until it is woken, once: to return (its
+    batch is done) or to lead the next batch (``lead``). A condition shared by every waiting thread
     would wake them all at every batch.
     """
 
-    __slots__ = ("args", "done", "lead", "result", "error", "number", "_sleep")
+    __slots__ = ("args", "lead", "result", "error", "number", "_sleep")
 
     def __init__(self, args: tuple):
-        self.args, self.done, self.lead, self.result, self.error, self.number = args, False, False, None, None, 0
+        self.args, self.lead, self.result, self.error, self.number = args, False, None, None, 0
         self._sleep = threading.Lock()
         self._sleep.acquire()
 
@@ -522,7 +522,6 @@ class Store:
                     other.result, other.error = None, exc if isinstance(exc, Exception) else RuntimeError(str(exc))
         finally:
             for other in batch:
-                other.done = True
                 if other is not item:
                     other.wake()
         if failure is not None and not isinstance(failure, Exception):
