@@ -42,6 +42,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -281,7 +282,8 @@ class Point:
 class Bench:
     def __init__(self, profile: Profile, *, out: Path, only: Sequence[str], wrk: str, wrk_version: str,
                  wrk_threads: int, gunicorn_threads: int, access_log: bool, keep: bool, seconds: float | None,
-                 ack_servers: Sequence[str] = ACK_SERVERS, pin: bool | None = None, replies: str = "sender"):
+                 ack_servers: Sequence[str] = ACK_SERVERS, pin: bool | None = None, replies: str = "sender",
+                 rounds: int = 1):
         from sophon_sms_twilio.sandbox import Sandbox
 
         from sophon_core.testing import free_port
@@ -297,6 +299,7 @@ class Bench:
                 old.unlink()
         self.only = list(only)
         self.ack_servers = tuple(ack_servers)
+        self.rounds = max(1, rounds)  # the ack section's servers, this many times over, interleaved
         self.wrk, self.wrk_version, self.wrk_threads = wrk, wrk_version, wrk_threads
         self.threads = gunicorn_threads
         self.access_log = access_log
@@ -751,41 +754,63 @@ class Bench:
         return None
 
     def section_ack(self) -> dict:
+        """Every server of ``--ack-servers`` at every point, ``--rounds`` times over: each round
+        starts every server afresh, in the same order, so that a slow spell of the machine
+        hits all of them alike. The ratios compare each point's median req/s (and p99)
+        across the rounds; with several rounds each ratio also gets the range of the
+        per-round ratios."""
         points: list[Point] = []
-        for kind in ("floor", "quickstart"):
-            if kind not in self.ack_servers:
-                continue
-            for workers in self.p.ack_workers:
-                with self.server(f"{kind}-w{workers}", kind, self.reference_env(kind), workers) as srv:
-                    self.warmup(srv)
-                    for c in self.p.ack_connections:
-                        points.append(self.load(srv, self.p.seconds, c))
-                    self.sample_rss(srv, "ack")
-        for sync in ("FULL", "NORMAL"):
-            if sync not in self.ack_servers:
-                continue
-            for workers in self.p.ack_workers:
-                got, _ = self.sophon_run(f"sophon-{sync}-w{workers}", sync, workers, self.p.ack_connections,
-                                         section="ack")
-                points.extend(got)
+        for r in range(1, self.rounds + 1):
+            tag = f"-r{r}" if self.rounds > 1 else ""
+            got: list[Point] = []
+            for kind in ("floor", "quickstart"):
+                if kind not in self.ack_servers:
+                    continue
+                for workers in self.p.ack_workers:
+                    with self.server(f"{kind}-w{workers}{tag}", kind, self.reference_env(f"{kind}{tag}"),
+                                     workers) as srv:
+                        self.warmup(srv)
+                        for c in self.p.ack_connections:
+                            got.append(self.load(srv, self.p.seconds, c))
+                        self.sample_rss(srv, "ack")
+            for sync in ("FULL", "NORMAL"):
+                if sync not in self.ack_servers:
+                    continue
+                for workers in self.p.ack_workers:
+                    run, _ = self.sophon_run(f"sophon-{sync}-w{workers}{tag}", sync, workers,
+                                             self.p.ack_connections, section="ack")
+                    got.extend(run)
+            for point in got:
+                point.extra["round"] = r
+            points.extend(got)
+        by: dict[tuple, list[Point]] = collections.defaultdict(list)
+        for p in points:
+            by[(p.server if p.server != "sophon" else f"sophon-{p.extra['sync']}", p.workers, p.connections)].append(p)
+        median = {k: (statistics.median(p.rps for p in v), statistics.median(p.p99_ms for p in v))
+                  for k, v in by.items()}
         ratios = []
-        by = {(p.server if p.server != "sophon" else f"sophon-{p.extra['sync']}", p.workers, p.connections): p
-              for p in points}
         for workers in self.p.ack_workers:
             for c in self.p.ack_connections:
-                row = {"workers": workers, "connections": c}
+                row: dict = {"workers": workers, "connections": c, "rounds": self.rounds}
                 for sync in ("FULL", "NORMAL"):
-                    s = by.get((f"sophon-{sync}", workers, c))
+                    s_key = (f"sophon-{sync}", workers, c)
                     for ref in ("quickstart", "floor"):
-                        r = by.get((ref, workers, c))  # (--ack-servers may leave some out)
-                        both = s is not None and r is not None
-                        row[f"{sync}_vs_{ref}_rps"] = round(s.rps / r.rps, 3) if both and r.rps else None
-                        row[f"{sync}_vs_{ref}_p99"] = round(s.p99_ms / r.p99_ms, 2) if both and r.p99_ms else None
+                        r_key = (ref, workers, c)  # (--ack-servers may leave some out)
+                        both = s_key in median and r_key in median
+                        (s_rps, s_p99), (r_rps, r_p99) = (median[s_key], median[r_key]) if both else ((0, 0), (0, 0))
+                        row[f"{sync}_vs_{ref}_rps"] = round(s_rps / r_rps, 3) if both and r_rps else None
+                        row[f"{sync}_vs_{ref}_p99"] = round(s_p99 / r_p99, 2) if both and r_p99 else None
+                        if both and self.rounds > 1:
+                            per_round = [a.rps / b.rps for a, b in zip(by[s_key], by[r_key]) if b.rps]
+                            row[f"{sync}_vs_{ref}_rps_range"] = [round(min(per_round), 3), round(max(per_round), 3)]
                 ratios.append(row)
         return {"ok": all(p.ok for p in points), "points": [p.to_json() for p in points], "ratios": ratios,
+                "rounds": self.rounds,
+                "medians": [{"server": k[0], "workers": k[1], "connections": k[2], "rps": v[0], "p99_ms": v[1]}
+                            for k, v in sorted(median.items())],
                 "note": "Sophon answers every message through its pipeline (default agent, replies POSTed to the "
-                        "sandbox by runner threads of the same workers) while it acknowledges; floor and "
-                        "quickstart store nothing and send nothing after the answer."}
+                        "sandbox) while it acknowledges; floor and quickstart store nothing and send nothing "
+                        "after the answer. Ratios: of each point's median across the rounds."}
 
     def section_slow(self) -> dict:
         out: dict = {"agent_seconds": self.p.slow_agent_seconds, "connections": self.p.slow_connections,
@@ -968,7 +993,7 @@ class Bench:
                                   for a in gunicorn_command(self.port, 99, self.threads, "<app>", self.access_log)],
                 "apps": {"sophon": "sophon_core.app:create_app()", **APP_SPECS},
                 "sophon_command": "sophon serve (the gunicorn argv above with Sophon's app, plus the reply sender"
-                                  " process)", "sophon_replies": self.replies,
+                                  " process)", "sophon_replies": self.replies, "ack_rounds": self.rounds,
                 "worker_class": "gthread", "threads_per_worker": self.threads,
                 "access_log": "on (stdout) for every server" if self.access_log else "off for every server",
                 "wrk": self.wrk_version, "wrk_threads": self.wrk_threads, "wrk_timeout_s": 30,
@@ -1095,6 +1120,8 @@ def print_table(r: dict) -> None:
               f"{'non-2xx':>8}{'sock err':>9}  ok  {'replied':>8}{'owed':>7}{'drain s':>8}")
         for p in s["ack"]["points"]:
             name = p["server"] if p["server"] != "sophon" else f"sophon {p['sync']}"
+            if s["ack"].get("rounds", 1) > 1:
+                name = f"{name} r{p['round']}"
             owed = (f"{p['replies_during_load']:>8}{p['open_jobs_at_end']:>7}{fmt(p.get('drain_s'), 8, 1)}"
                     if "open_jobs_at_end" in p else "")
             print(f"{name:<16}{p['workers']:>8}{p['connections']:>6}{fmt(p['rps'], 9, 0)}{fmt(p['p50_ms'], 9)}"
@@ -1107,11 +1134,21 @@ def print_table(r: dict) -> None:
               "replied = replies the sandbox accepted during the point, owed = jobs still open when the load "
               "stopped, drain = seconds until every message was answered; floor and quickstart store and send "
               "nothing)")
-        print(f"{'ratios of req/s':<22}{'FULL/quick':>11}{'FULL/floor':>11}{'NORMAL/quick':>13}{'NORMAL/floor':>13}")
+        rounds = s["ack"].get("rounds", 1)
+        if rounds > 1:
+            print(f"medians of {rounds} rounds (each round starts every server afresh, in the same order)")
+            print(f"{'server':<16}{'workers':>8}{'conns':>6}{'req/s':>9}{'p99 ms':>9}")
+            for m in s["ack"]["medians"]:
+                print(f"{m['server']:<16}{m['workers']:>8}{m['connections']:>6}{fmt(m['rps'], 9, 0)}"
+                      f"{fmt(m['p99_ms'], 9)}")
+        print(f"{'ratios of req/s':<22}{'FULL/quick':>11}{'FULL/floor':>11}{'NORMAL/quick':>13}{'NORMAL/floor':>13}"
+              + ("   FULL/quick per round" if rounds > 1 else ""))
         for q in s["ack"]["ratios"]:
+            spread = q.get("FULL_vs_quickstart_rps_range")
             print(f"{q['workers']} worker(s), {q['connections']:>3} conns  {fmt(q['FULL_vs_quickstart_rps'], 9, 2)}"
                   f"{fmt(q['FULL_vs_floor_rps'], 11, 2)}{fmt(q['NORMAL_vs_quickstart_rps'], 13, 2)}"
-                  f"{fmt(q['NORMAL_vs_floor_rps'], 13, 2)}")
+                  f"{fmt(q['NORMAL_vs_floor_rps'], 13, 2)}"
+                  + (f"   {spread[0]:.2f} to {spread[1]:.2f}" if spread else ""))
     if "slow" in s:
         q = s["slow"]
         print(f"\n2. Ack latency vs agent (Sophon FULL, {q['workers']} workers, {q['connections']} conns; "
@@ -1200,6 +1237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON results file (default bench/results/latest.json, smoke: bench/results/smoke.json)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per wrk point (overrides the mode)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the ack section's servers this many times, interleaved (every server once, then "
+                         "again); the ratios use each point's median, with the range of the per-round ratios")
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                     help=f"gunicorn threads per worker, for every server (default {DEFAULT_THREADS}, as `sophon "
@@ -1232,7 +1272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = Bench(profile, out=out, only=only, wrk=found["wrk"], wrk_version=found["wrk_version"],
                   wrk_threads=args.wrk_threads, gunicorn_threads=args.threads, access_log=args.access_log,
                   keep=args.keep, seconds=args.seconds, ack_servers=ack_servers, pin=args.pin,
-                  replies=args.replies)
+                  replies=args.replies, rounds=args.rounds)
     try:
         result = bench.run()
     finally:

@@ -145,3 +145,35 @@ def test_bench_smoke_is_correct(tmp_path):
 
     # the table was printed
     assert "1. Webhook acknowledgement" in run.stdout and str(out) in run.stdout
+
+
+def test_bench_rounds_interleave_the_servers_and_compare_medians(tmp_path):
+    """``--rounds 2``: every server twice, one after the other in the same order each round,
+    and the ratio is that of the two medians, inside the range of the per-round ratios."""
+    import statistics
+
+    out = tmp_path / "rounds.json"
+    venv = Path(sys.prefix)
+    args = ["--smoke", "--only", "ack", "--rounds", "2", "--ack-servers", "quickstart,FULL", "--out", str(out)]
+    cmd = ([str(RUN), *args] if (venv / ".installed").exists()
+           else [sys.executable, str(REPO / "bench" / "sophon_bench.py"), *args])
+    run = subprocess.run(cmd, env={**os.environ, "SOPHON_VENV": str(venv)}, check=False, capture_output=True,
+                         text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    data = json.loads(out.read_text())
+    ack = data["sections"]["ack"]
+    assert data["settings"]["ack_rounds"] == ack["rounds"] == 2
+    order = [(p["server"], p["round"]) for p in ack["points"]]
+    assert order == [("quickstart", 1), ("sophon", 1), ("quickstart", 2), ("sophon", 2)], order
+    for p in ack["points"]:
+        check_point(p)
+    rps = {server: [p["rps"] for p in ack["points"] if p["server"] == server] for server in ("quickstart", "sophon")}
+    (row,) = ack["ratios"]
+    expected = statistics.median(rps["sophon"]) / statistics.median(rps["quickstart"])
+    assert row["FULL_vs_quickstart_rps"] == pytest.approx(expected, abs=0.001)
+    low, high = row["FULL_vs_quickstart_rps_range"]
+    per_round = sorted(s / q for s, q in zip(rps["sophon"], rps["quickstart"]))
+    assert (low, high) == (pytest.approx(per_round[0], abs=0.001), pytest.approx(per_round[-1], abs=0.001))
+    assert low - 0.001 <= row["FULL_vs_quickstart_rps"] <= high + 0.001
+    assert row["FULL_vs_floor_rps"] is None  # the floor was left out
+    assert "medians of 2 rounds" in run.stdout
