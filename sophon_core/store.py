@@ -146,8 +146,8 @@ class _Pending:
     """One ``accept_inbound`` call waiting to be committed (see ``Store._lead``).
 
     Its thread sleeps on a lock of its own until it is woken, once: to return (its
-    batch is done) or to lead the next batch (``lead``). A condition shared by every waiting thread
-    would wake them all at every batch.
+    batch is done) or to lead the next batch (``lead``). A condition shared by every
+    waiting thread would wake them all at every batch.
     """
 
     __slots__ = ("args", "lead", "result", "error", "number", "_sleep")
@@ -461,9 +461,9 @@ class Store:
         """Store an inbound message once per (channel, provider message id), with its job
         and today's usage, committed before this returns.
 
-        Group commit: webhook threads of one process that arrive while another
-        transaction is committing are stored together in the next transaction (each
-        under its own savepoint); a failure of one message rolls back only that message.
+        Group commit: webhook threads of one process that arrive while another batch is
+        committed and synced are stored together in the next transaction; a failure of
+        one message rolls back only that message (``_commit_batch``).
         One of them (the leader) commits the batch; the others sleep until it wakes them
         and never touch the write lock (``_lead``).
         Under ``FULL`` each returns only once an fsync that began after that commit
