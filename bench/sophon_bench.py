@@ -62,16 +62,10 @@ try:
     from sophon_core.server import DEFAULT_THREADS
 except ImportError:  # a Sophon from before it was set (A/B runs of an older checkout through PYTHONPATH)
     DEFAULT_THREADS = 4
-
-
-
-def sender_nice_default() -> str:
-    try:
-        from sophon_core.sender import DEFAULT_NICE
-    except ImportError:  # an older checkout (see DEFAULT_THREADS)
-        return "?"
-    return str(DEFAULT_NICE)
-
+try:
+    from sophon_core.sender import DEFAULT_NICE
+except ImportError:  # a Sophon from before the reply sender (as above)
+    DEFAULT_NICE = "?"
 
 PATH = "/api/channels/sms/webhook"
 LUA = BENCH / "twilio_webhooks.lua"
@@ -1129,7 +1123,7 @@ def print_table(r: dict) -> None:
             print(f"{name:<16}{p['workers']:>8}{p['connections']:>6}{fmt(p['rps'], 9, 0)}{fmt(p['p50_ms'], 9)}"
                   f"{fmt(p['p99_ms'], 9)}{fmt(p['max_ms'], 9)}{p['non_2xx']:>8}"
                   f"{sum(p['socket_errors'].values()):>9}  {'yes' if p['ok'] else 'NO '}{owed}")
-        nice = os.environ.get("SOPHON_SENDER_NICE") or sender_nice_default()
+        nice = os.environ.get("SOPHON_SENDER_NICE") or DEFAULT_NICE
         where = {"sender": f"the reply sender process of `sophon serve` (nice +{nice})",
                  "workers": "runner threads of the same workers"}[st.get("sophon_replies", "workers")]
         print(f"(Sophon answers every message: default agent, replies POSTed to the sandbox by {where}; "

@@ -142,6 +142,12 @@ def message_json(msg: InboundMessage) -> str:
     return json.dumps(d)
 
 
+def _as_error(exc: BaseException) -> Exception:
+    """What an accept whose batch failed with ``exc`` raises (an ``Exception`` even when the
+    leader was interrupted by a ``BaseException``, which only the leader re-raises)."""
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
 class _Pending:
     """One ``accept_inbound`` call waiting to be committed (see ``Store._lead``).
 
@@ -519,7 +525,7 @@ class Store:
             failure = exc
             for other in batch:
                 if other.error is None:
-                    other.result, other.error = None, exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+                    other.result, other.error = None, _as_error(exc)
         finally:
             for other in batch:
                 if other is not item:
@@ -556,7 +562,7 @@ class Store:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             for item in batch:
-                item.result, item.error = None, exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+                item.result, item.error = None, _as_error(exc)
             if not isinstance(exc, Exception):
                 raise
             return
