@@ -15,7 +15,8 @@ Sections (``--only`` picks some):
 - ``e2e``: messages/s from inbound webhook to the reply accepted by the sandbox;
 - ``pacing``: the send rate at ``limits.sendRate`` 1 segment/s, one number then three;
 - ``scale``: requests/s at 1, 2 and 4 workers;
-- ``history``: ack figures and store size with 100k stored messages vs an empty store;
+- ``history``: ack figures and store size with 100k stored messages vs an empty store
+  (``--rounds`` repeats it, interleaved, as for ``ack``);
 - ``rss``: peak RSS (VmHWM) of every gunicorn worker at the end of each run.
 
 Every server gets identical gunicorn settings: ``sophon_core.server.gunicorn_argv``
@@ -33,6 +34,7 @@ import argparse
 import collections
 import contextlib
 import datetime as dt
+import hashlib
 import http.client
 import itertools
 import json
@@ -219,6 +221,7 @@ class Running:
     log: Path
     workers: int
     data_dir: Path
+    first_id: int = 0  # messages rows up to this id were there before the server started (a prefill)
 
     @property
     def db(self) -> Path:
@@ -293,7 +296,7 @@ class Bench:
                 old.unlink()
         self.only = list(only)
         self.ack_servers = tuple(ack_servers)
-        self.rounds = max(1, rounds)  # the ack section's servers, this many times over, interleaved
+        self.rounds = max(1, rounds)  # the ack and history sections' servers, this many times over, interleaved
         self.wrk, self.wrk_version, self.wrk_threads = wrk, wrk_version, wrk_threads
         self.threads = gunicorn_threads
         self.access_log = access_log
@@ -381,12 +384,14 @@ class Bench:
         else:
             argv = gunicorn_command(self.port, workers, self.threads, APP_SPECS[kind], self.access_log)
         self.logs.mkdir(parents=True, exist_ok=True)
+        db = Path(env["SOPHON_DATA_DIR"]) / "sophon.db" if kind == "sophon" else None
+        first_id = self.query(db, "SELECT COALESCE(MAX(id), 0) FROM messages")[0][0] if db and db.exists() else 0
         for attempt in range(1, 4):
             logfile = self.logs / (f"{label}.log" if attempt == 1 else f"{label}-attempt{attempt}.log")
             out = open(logfile, "wb")  # noqa: SIM115 (closed when the server stops)
             proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
                                     cwd=self.tmp, start_new_session=True, preexec_fn=self._pin_server)
-            running = Running(label, kind, self.public, proc, logfile, workers, Path(env["SOPHON_DATA_DIR"]))
+            running = Running(label, kind, self.public, proc, logfile, workers, Path(env["SOPHON_DATA_DIR"]), first_id)
             booted = time.monotonic()
             problem = self._boot(running, workers)
             if problem is None:
@@ -505,7 +510,9 @@ class Bench:
         argv = [self.wrk, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
                 "--timeout", "30s",
                 "--latency", "-s", str(LUA), self.url, "--", str(path), str(threads)]
+        dirty_kb, disk_before = dirty_kib(), disk_counters(self.tmp)
         run = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=seconds + 180)
+        disk_after = disk_counters(self.tmp)
         found = [line for line in run.stdout.splitlines() if line.startswith("BENCH_JSON ")]
         if run.returncode != 0 or not found:
             raise RuntimeError(f"wrk failed (exit {run.returncode}):\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
@@ -532,6 +539,11 @@ class Bench:
                       p99_ms=round(lat["p99"] / 1000, 2), max_ms=round(lat["max"] / 1000, 2),
                       mean_ms=round(lat["mean"] / 1000, 2), statuses=dict(statuses), non_2xx=non_2xx,
                       socket_errors=socket_errors, sent=sent, wrk_threads=threads, wrapped=wraps > 0, ok=ok, sent_sids=sent_sids)
+        point.extra["dirty_kib_at_start"] = dirty_kb  # written data the kernel still owes the disk
+        if disk_before and disk_after and point.requests:  # the stores' disk, during the point
+            d = {k: disk_after[k] - disk_before[k] for k in disk_before}
+            point.extra["disk"] = {**d, "write_kib_per_request": round(d["write_kib"] / point.requests, 1),
+                                   "ms_per_flush": round(d["flush_ms"] / d["flushes"], 2) if d["flushes"] else None}
         what = f"{server.label} {connections} connections"
         if record:
             log(f"bench: {what}: {point.rps:.0f} req/s, p50 {point.p50_ms} ms, p99 {point.p99_ms} ms, "
@@ -596,9 +608,8 @@ class Bench:
         return self.query(server.db, "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")[0][0]
 
     def stored_of(self, server: Running, point: Point) -> int:
-        prefix = f"SM{self.signer.prefix}"
-        rows = self.query(server.db, "SELECT provider_id FROM messages WHERE direction = 'in' AND provider_id >= ?"
-                                     " AND provider_id < ?", (prefix, prefix + "~"))
+        rows = self.query(server.db, "SELECT provider_id FROM messages WHERE id > ? AND direction = 'in'",
+                          (server.first_id,))
         return sum(1 for (sid,) in rows if sid in point.sent_sids)
 
     def drain(self, server: Running, point: Point | None = None, timeout: float | None = None) -> float:
@@ -658,9 +669,8 @@ class Bench:
         point is stored once, and nothing is stored that the benchmark never sent. With
         ``answered`` (after a drain): every message of the point got exactly one reply at the
         sandbox, no message got two, and no reply answers a message that is not stored."""
-        prefix = f"SM{self.signer.prefix}"
-        rows = [r for r in self.query(server.db, "SELECT provider_id, text, created_at FROM messages"
-                                                 " WHERE direction = 'in'") if r[0].startswith(prefix)]
+        rows = self.query(server.db, "SELECT provider_id, text, created_at FROM messages WHERE id > ?"
+                                     " AND direction = 'in'", (server.first_id,))  # (not a prefill's)
         mine = [r for r in rows if r[0] in point.sent_sids]
         acked = point.statuses.get("200", 0)
         out = {"inbound_acknowledged_200": acked, "inbound_stored": len(mine),
@@ -948,17 +958,34 @@ class Bench:
                 "points": [{**p.to_json(), "speedup_vs_1_worker": round(p.rps / base, 2)} for p in points]}
 
     def section_history(self) -> dict:
-        runs = {}
-        for name, rows in (("empty", 0), ("prefilled", self.p.history_messages)):
-            got, info = self.sophon_run(f"sophon-history-{name}", "FULL", 2, [self.p.history_connections],
-                                        section="history", prefill=rows)
-            runs[name] = {"point": got[0].to_json(), "store_bytes_at_end": info["store_bytes"],
-                          "prefill": {k: v for k, v in info.items() if k.startswith("prefill_")}}
-        e, f = runs["empty"]["point"], runs["prefilled"]["point"]
-        return {"ok": e["ok"] and f["ok"], "sync": "FULL", "workers": 2, "connections": self.p.history_connections,
-                "stored_inbound_messages": self.p.history_messages, **runs,
-                "rps_ratio_prefilled_vs_empty": round(f["rps"] / e["rps"], 3) if e["rps"] else None,
-                "p99_ratio_prefilled_vs_empty": round(f["p99_ms"] / e["p99_ms"], 3) if e["p99_ms"] else None}
+        """An empty store, then one holding ``history_messages`` answered messages, ``--rounds``
+        times over, interleaved like the ack section's servers; the ratios compare the medians."""
+        runs: dict[str, list[dict]] = {"empty": [], "prefilled": []}
+        for r in range(1, self.rounds + 1):
+            tag = f"-r{r}" if self.rounds > 1 else ""
+            for name, rows in (("empty", 0), ("prefilled", self.p.history_messages)):
+                got, info = self.sophon_run(f"sophon-history-{name}{tag}", "FULL", 2, [self.p.history_connections],
+                                            section="history", prefill=rows)
+                runs[name].append({"round": r, "point": got[0].to_json(), "store_bytes_at_end": info["store_bytes"],
+                                   "prefill": {k: v for k, v in info.items() if k.startswith("prefill_")}})
+        ok = [(e, f) for e, f in zip(runs["empty"], runs["prefilled"]) if e["point"]["ok"] and f["point"]["ok"]]
+
+        def med(name: str, key: str) -> float | None:
+            i = 0 if name == "empty" else 1
+            return statistics.median(pair[i]["point"][key] for pair in ok) if ok else None
+
+        def ratio(key: str) -> float | None:
+            e, f = med("empty", key), med("prefilled", key)
+            return round(f / e, 3) if e and f is not None else None
+
+        per_round = [f["point"]["rps"] / e["point"]["rps"] for e, f in ok if e["point"]["rps"]]
+        return {"ok": all(x["point"]["ok"] for v in runs.values() for x in v), "sync": "FULL", "workers": 2,
+                "connections": self.p.history_connections, "stored_inbound_messages": self.p.history_messages,
+                "rounds": self.rounds, "empty": runs["empty"][0], "prefilled": runs["prefilled"][0],
+                "all_rounds": runs,
+                "medians": {name: {"rps": med(name, "rps"), "p99_ms": med(name, "p99_ms")} for name in runs},
+                "rps_ratio_prefilled_vs_empty": ratio("rps"), "p99_ratio_prefilled_vs_empty": ratio("p99_ms"),
+                "rps_ratio_range": [round(min(per_round), 3), round(max(per_round), 3)] if per_round else None}
 
     def section_rss(self) -> dict:
         if not any(r["kind"] == "sophon" for r in self.rss):  # nothing measured yet: one run of its own
@@ -1030,6 +1057,33 @@ def mem_gb() -> float:
     return 0.0
 
 
+def dirty_kib() -> int | None:
+    """Data written to files that the kernel has not yet written to the disk (``Dirty`` and
+    ``Writeback`` of /proc/meminfo, KiB): much of it at a point's start means the disk is
+    busy with earlier writes while the point runs, and every fdatasync waits behind them."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        return int(info["Dirty"].split()[0]) + int(info["Writeback"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def disk_counters(path: Path) -> dict[str, int] | None:
+    """Write counters of the disk holding ``path`` (/proc/diskstats): writes, KiB written,
+    milliseconds spent writing, cache flushes (each fdatasync and fsync ends in one) and the
+    milliseconds they took. None where the kernel does not say (no such line, old kernel)."""
+    try:
+        dev = os.stat(path).st_dev
+        for line in Path("/proc/diskstats").read_text().splitlines():
+            f = line.split()
+            if (int(f[0]), int(f[1])) == (os.major(dev), os.minor(dev)) and len(f) >= 20:
+                return {"writes": int(f[7]), "write_kib": int(f[9]) // 2, "write_ms": int(f[10]),
+                        "flushes": int(f[18]), "flush_ms": int(f[19])}
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def store_bytes(db: Path, fold_log: bool = False) -> int:
     """The store's files, in bytes. ``fold_log`` (no server running): first copy the write-ahead
     log into the database file and empty it, so that the figure is the data, not how far the
@@ -1043,9 +1097,10 @@ def store_bytes(db: Path, fold_log: bool = False) -> int:
 def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: Sequence[str]) -> dict:
     """Write ``inbound`` answered conversations turns straight into a new store: each an inbound
     message, its done job and its reply (so 2 x ``inbound`` rows in ``messages``), spread over
-    the last 30 days and over the benchmark's senders, in the schema of sophon_core.store."""
+    the last 30 days and over the benchmark's senders, with the webhook idempotency keys of the
+    last ``KEEP_KEYS_SECONDS`` (the ones ``Store.prune`` keeps), in the schema of sophon_core.store."""
     from sophon_core.models import InboundMessage
-    from sophon_core.store import Store, message_json
+    from sophon_core.store import KEEP_KEYS_SECONDS, Store, message_json
 
     started = time.monotonic()
     Store(db, "NORMAL")  # creates the schema
@@ -1055,19 +1110,19 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
     now = time.time()
     step = 30 * 86400 / max(1, inbound)
     conn.execute("BEGIN")
-    msg_rows, job_rows, out_rows = [], [], []
+    msg_rows, job_rows, out_rows, key_rows = [], [], [], []
     usage: collections.Counter = collections.Counter()
     for i in range(inbound):
         peer = senders[i % len(senders)]
         at = now - 30 * 86400 + i * step
-        sid = f"SMfeed{i:028x}"
+        sid = "SM" + hashlib.blake2b(f"feed:{i}".encode(), digest_size=16).hexdigest()  # scattered, as Twilio's
         session = f"agent:{agent}:peer:{channel_id}:{peer}"
         text = f"earlier message {i}"
         reply = f'Sophon default agent. You said: "{text}"'
         in_id, out_id = 2 * i + 1, 2 * i + 2
         msg_rows.append((in_id, channel_id, "in", sid, peer, session, text, "received", None, None, None, None, 1,
                          at, None))
-        out_rows.append((out_id, channel_id, "out", f"SMsent{i:028x}", peer, session, reply, "delivered", None,
+        out_rows.append((out_id, channel_id, "out", "SM" + hashlib.blake2b(f"sent:{i}".encode(), digest_size=16).hexdigest(), peer, session, reply, "delivered", None,
                          in_id, i + 1, 0, 1, at + 1.5, at + 3))
         payload = message_json(InboundMessage(channel_id=channel_id, provider_message_id=sid, sender=peer,
                                               recipient=MAIN_NUMBER, text=text, received_at=at))
@@ -1076,6 +1131,8 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
         day = time.strftime("%Y-%m-%d", time.gmtime(at))
         for counter in ("messages_in", "units_in", "messages_out", "units_out"):
             usage[(channel_id, day, counter)] += 1
+        if at >= now - KEEP_KEYS_SECONDS:  # the webhook keys Store.prune has not forgotten yet
+            key_rows.append((f"sms:feed-{sid}", at))
     conn.executemany("INSERT INTO messages (id, channel_id, direction, provider_id, peer, session_key, text,"
                      " status, error, reply_to, job_id, part_no, units, created_at, updated_at)"
                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", msg_rows + out_rows)
@@ -1083,11 +1140,23 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
                      " lease_owner, lease_until, lease_token, first_failure_at, payload, reply, error, created_at,"
                      " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", job_rows)
     conn.executemany("INSERT INTO usage VALUES (?, ?, ?, ?)", [(*k, v) for k, v in usage.items()])
+    conn.executemany("INSERT INTO deliveries VALUES (?, ?)", key_rows)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+    # On the disk before the server starts, like a store that grew over 30 days: written with
+    # synchronous=OFF, its pages would otherwise be written back by the kernel about 30 s
+    # later (vm.dirty_expire_centisecs), during the measured point, ahead of its fdatasyncs.
+    flushed = time.monotonic()
+    fd = os.open(db, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return {"prefill_inbound": inbound, "prefill_message_rows": 2 * inbound, "prefill_jobs": inbound,
-            "prefill_bytes": store_bytes(db), "prefill_s": round(time.monotonic() - started, 1)}
+            "prefill_webhook_keys": len(key_rows),
+            "prefill_bytes": store_bytes(db), "prefill_s": round(time.monotonic() - started, 1),
+            "prefill_fsync_s": round(time.monotonic() - flushed, 2)}
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -1192,14 +1261,21 @@ def print_table(r: dict) -> None:
     if "history" in s:
         q = s["history"]
         print(f"\n4b. Store history (Sophon FULL, 2 workers, {q['connections']} conns)")
-        print(f"{'store':<34}{'file MB':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
-        for name in ("empty", "prefilled"):
-            p = q[name]["point"]
-            pre = q[name]["prefill"].get("prefill_bytes")
-            what = "empty" if name == "empty" else (f"{q['stored_inbound_messages']:,} answered messages "
-                                                    f"({pre / 2**20:.0f} MB)")
-            print(f"{what:<34}{fmt(q[name]['store_bytes_at_end'] / 2**20, 9)}{fmt(p['rps'], 9, 0)}"
-                  f"{fmt(p['p50_ms'], 9)}{fmt(p['p99_ms'], 9)}")
+        print(f"{'store':<40}{'file MB':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+        for i in range(q.get("rounds", 1)):
+            for name in ("empty", "prefilled"):
+                run = q["all_rounds"][name][i] if "all_rounds" in q else q[name]
+                p, pre = run["point"], run["prefill"].get("prefill_bytes")
+                what = "empty" if name == "empty" else (f"{q['stored_inbound_messages']:,} answered messages "
+                                                        f"({pre / 2**20:.0f} MB)")
+                if q.get("rounds", 1) > 1:
+                    what = f"r{i + 1} {what}"
+                print(f"{what:<40}{fmt(run['store_bytes_at_end'] / 2**20, 9)}{fmt(p['rps'], 9, 0)}"
+                      f"{fmt(p['p50_ms'], 9)}{fmt(p['p99_ms'], 9)}")
+        if q.get("rounds", 1) > 1:
+            print(f"medians of {q['rounds']} rounds: empty {fmt(q['medians']['empty']['rps'], 0, 0)} req/s, "
+                  f"prefilled {fmt(q['medians']['prefilled']['rps'], 0, 0)} req/s; per-round ratio "
+                  f"{q['rps_ratio_range']}")
         print(f"prefilled/empty: req/s x{q['rps_ratio_prefilled_vs_empty']}, p99 x{q['p99_ratio_prefilled_vs_empty']}")
     if "rss" in s:
         print("\n5. Peak RSS per gunicorn worker (VmHWM, MiB, at the end of each run)")
@@ -1235,8 +1311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="JSON results file (default bench/results/latest.json, smoke: bench/results/smoke.json)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per wrk point (overrides the mode)")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="run the ack section's servers this many times, interleaved (every server once, then "
-                         "again); the ratios use each point's median, with the range of the per-round ratios")
+                    help="run the ack and history sections' servers this many times, interleaved (every server "
+                         "once, then again); the ratios use each point's median, with the range of the "
+                         "per-round ratios")
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                     help=f"gunicorn threads per worker, for every server (default {DEFAULT_THREADS}, as `sophon "

@@ -61,7 +61,7 @@ APOLOGY = "Sorry, I couldn't answer that just now. Please try again in a moment.
 HISTORY_TURNS = 20
 IDLE_POLL = 0.25  # seconds between store polls when there is nothing to do
 MAX_BACKOFF = 300.0
-PRUNE_EVERY = 3600.0  # seconds between sweeps of old media files
+PRUNE_EVERY = 3600.0  # seconds between sweeps of old media files and old webhook keys
 SENDER_CHECK_EVERY = 60.0  # seconds between checks that a reply sender runs (SOPHON_REPLIES=sender)
 SYNC_EVERY = 1.0  # seconds: the runners' relaxed commits (no fsync of their own) reach the disk this often
 
@@ -259,6 +259,7 @@ class Pipeline:
             if time.monotonic() >= prune_at:
                 prune_at = time.monotonic() + PRUNE_EVERY
                 self._prune_media()
+                self._prune_store()
             if time.monotonic() < renew_at:
                 continue
             renew_at = time.monotonic() + lease / 3
@@ -294,6 +295,18 @@ class Pipeline:
         if gone:
             log.info("deleted %d file(s) older than %g day(s) (SOPHON_MEDIA_RETENTION_DAYS)", gone,
                      self.runtime.settings.media_retention_days)
+        return gone
+
+    def _prune_store(self) -> dict[str, int]:
+        """Forget webhook keys and unmatched delivery reports older than two days (``Store.prune``)."""
+        try:
+            gone = self.runtime.store.prune()
+        except Exception:
+            log.exception("pruning old webhook keys from the store failed")
+            return {}
+        if any(gone.values()):
+            log.info("forgot %d webhook key(s) and %d unmatched delivery report(s) older than two days",
+                     gone["deliveries"], gone["early_status"])
         return gone
 
     # --- one job -------------------------------------------------------------------

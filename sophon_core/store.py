@@ -113,6 +113,12 @@ _OPEN = "('queued', 'running')"
 # Pages in the write-ahead log past which a commit checkpoints by itself (about 40 MB);
 # normally ``Store.checkpoint`` runs every second long before (see _conn).
 AUTO_CHECKPOINT_PAGES = 10_000
+# Webhook idempotency keys and delivery reports still waiting for their message are kept
+# this long (``Store.prune``), so those tables hold a few days of traffic, not all of it.
+# Twilio retries a webhook within its 15 s timeout; a status report's message is recorded
+# within seconds of the report, or never.
+KEEP_KEYS_SECONDS = 2 * 86400
+PRUNE_BATCH = 5000  # rows per transaction, so that webhooks never wait long behind a prune
 
 
 def _wal(db: sqlite3.Connection, tries: int = 100) -> None:
@@ -920,6 +926,23 @@ class Store:
         for name, value in counters.items():
             db.execute("INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (channel_id, day, counter)"
                        " DO UPDATE SET value = value + excluded.value", (channel_id, day, name, value))
+
+    def prune(self, now: float | None = None) -> dict[str, int]:
+        """Forget webhook idempotency keys (``deliveries``) and unmatched early delivery
+        reports (``early_status``) older than ``KEEP_KEYS_SECONDS``, ``PRUNE_BATCH`` rows per
+        transaction. The message log is kept whole. :return: rows deleted, per table."""
+        cutoff = (time.time() if now is None else now) - KEEP_KEYS_SECONDS
+        gone: dict[str, int] = {}
+        for table in ("deliveries", "early_status"):  # (rows are appended in time order)
+            gone[table] = 0
+            while True:
+                with self._write() as db:
+                    n = db.execute(f"DELETE FROM {table} WHERE rowid IN"
+                                   f" (SELECT rowid FROM {table} WHERE at < ? LIMIT ?)", (cutoff, PRUNE_BATCH)).rowcount
+                gone[table] += n
+                if n < PRUNE_BATCH:
+                    break
+        return gone
 
     @staticmethod
     def _new_delivery(db: sqlite3.Connection, key: str, now: float) -> bool:

@@ -339,3 +339,43 @@ def test_the_last_parts_id_and_the_jobs_end_are_one_transaction(tmp_path):
     assert store.part_sent(stale, part2, "SM2", "queued", finish=True) is False
     assert store.recent(1)[0]["provider_id"] == "SM2"
     assert store.job_states() == {"done": 1, "running": 1}
+
+
+def test_old_webhook_keys_and_unmatched_delivery_reports_are_pruned_in_batches(tmp_path, monkeypatch):
+    import sophon_core.store as store_mod
+
+    monkeypatch.setattr(store_mod, "PRUNE_BATCH", 5)  # 12 old keys: three transactions
+    store = Store(tmp_path / "s.db")
+    for i in range(13):
+        assert store.accept_inbound(msg(f"m{i}"), "s", delivery_key=f"sms:k{i}")[0] == "queued"
+    store.record_status("c1", "SMold", "failed", None, STATUS_RANK)  # reports whose message never came
+    store.record_status("c1", "SMnew", "sent", None, STATUS_RANK)
+    now = time.time()
+    old = now - store_mod.KEEP_KEYS_SECONDS - 60
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("UPDATE deliveries SET at = ? WHERE key != 'sms:k12'", (old,))
+        db.execute("UPDATE early_status SET at = ? WHERE provider_id = 'SMold'", (old,))
+
+    assert store.prune(now) == {"deliveries": 12, "early_status": 1}
+    assert store.prune(now) == {"deliveries": 0, "early_status": 0}
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT key FROM deliveries").fetchall() == [("sms:k12",)]
+        assert db.execute("SELECT provider_id FROM early_status").fetchall() == [("SMnew",)]
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 13  # the log is kept whole
+    assert store.accept_inbound(msg("m12"), "s", delivery_key="sms:k12") == ("duplicate", None)
+    # a pruned key's message delivered again is still recognised, by its provider id
+    assert store.accept_inbound(msg("m3"), "s", delivery_key="sms:k3") == ("duplicate", None)
+
+
+def test_the_pipeline_prunes_old_webhook_keys(make_runtime):
+    import sophon_core.store as store_mod
+    from dummy_channel import dummy_channel
+
+    rt = make_runtime([dummy_channel()])
+    rt.store.accept_inbound(msg("m1"), "s", delivery_key="dummy:k1")
+    rt.store.accept_inbound(msg("m2"), "s", delivery_key="dummy:k2")
+    with sqlite3.connect(rt.store.path) as db:
+        db.execute("UPDATE deliveries SET at = ? WHERE key = 'dummy:k1'",
+                   (time.time() - store_mod.KEEP_KEYS_SECONDS - 1,))
+    assert rt.pipeline._prune_store() == {"deliveries": 1, "early_status": 0}
+    assert rt.pipeline._prune_store() == {"deliveries": 0, "early_status": 0}
