@@ -154,7 +154,8 @@ def test_bench_rounds_interleave_the_servers_and_compare_medians(tmp_path):
 
     out = tmp_path / "rounds.json"
     venv = Path(sys.prefix)
-    args = ["--smoke", "--only", "ack", "--rounds", "2", "--ack-servers", "quickstart,FULL", "--out", str(out)]
+    args = ["--smoke", "--only", "ack,history", "--rounds", "2", "--ack-servers", "quickstart,FULL",
+            "--out", str(out)]
     cmd = ([str(RUN), *args] if (venv / ".installed").exists()
            else [sys.executable, str(REPO / "bench" / "sophon_bench.py"), *args])
     run = subprocess.run(cmd, env={**os.environ, "SOPHON_VENV": str(venv)}, check=False, capture_output=True,
@@ -177,3 +178,36 @@ def test_bench_rounds_interleave_the_servers_and_compare_medians(tmp_path):
     assert low - 0.001 <= row["FULL_vs_quickstart_rps"] <= high + 0.001
     assert row["FULL_vs_floor_rps"] is None  # the floor was left out
     assert "medians of 2 rounds" in run.stdout
+    # history: an empty store, then a prefilled one, each round; the ratio of the medians
+    history = data["sections"]["history"]
+    runs = history["all_rounds"]
+    assert [r["round"] for r in runs["empty"]] == [r["round"] for r in runs["prefilled"]] == [1, 2]
+    for name in ("empty", "prefilled"):
+        for r in runs[name]:
+            check_point(r["point"])
+            assert r["point"]["disk"] is None or r["point"]["disk"]["writes"] >= 0
+        assert history["medians"][name]["rps"] == pytest.approx(statistics.median(r["point"]["rps"] for r in runs[name]))
+    assert all(r["prefill"]["prefill_webhook_keys"] > 0 for r in runs["prefilled"])
+    assert history["rps_ratio_prefilled_vs_empty"] == pytest.approx(
+        history["medians"]["prefilled"]["rps"] / history["medians"]["empty"]["rps"], abs=0.001)
+    low, high = history["rps_ratio_range"]
+    assert low - 0.001 <= history["rps_ratio_prefilled_vs_empty"] <= high + 0.001
+
+
+
+def test_bench_sids_are_twilio_shaped_unique_and_scattered(tmp_path):
+    """Like Twilio's, the bench's MessageSids are SM + 32 hex and consecutive requests do not get
+    neighbouring keys (which would make the store's unique index unrealistically cheap)."""
+    import re
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from signing import Signer
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    signer = Signer("AC" + "0" * 32, "secret-token", "http://127.0.0.1:9/api/channels/sms/webhook")
+    sids = signer.write(tmp_path / "requests.txt", 2000, ["+15005550006"])
+    assert all(re.fullmatch(r"SM[0-9a-f]{32}", sid) for sid in sids)
+    assert len(set(sids)) == len(sids)
+    ascending = sum(a < b for a, b in zip(sids, sids[1:]))
+    assert 0.4 < ascending / (len(sids) - 1) < 0.6  # consecutive sids would all ascend
