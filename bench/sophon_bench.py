@@ -34,7 +34,6 @@ import argparse
 import collections
 import contextlib
 import datetime as dt
-import hashlib
 import http.client
 import itertools
 import json
@@ -968,17 +967,18 @@ class Bench:
                                             section="history", prefill=rows)
                 runs[name].append({"round": r, "point": got[0].to_json(), "store_bytes_at_end": info["store_bytes"],
                                    "prefill": {k: v for k, v in info.items() if k.startswith("prefill_")}})
-        ok = [(e, f) for e, f in zip(runs["empty"], runs["prefilled"]) if e["point"]["ok"] and f["point"]["ok"]]
+        both_ok = [i for i in range(self.rounds)
+                   if runs["empty"][i]["point"]["ok"] and runs["prefilled"][i]["point"]["ok"]]
 
         def med(name: str, key: str) -> float | None:
-            i = 0 if name == "empty" else 1
-            return statistics.median(pair[i]["point"][key] for pair in ok) if ok else None
+            return statistics.median(runs[name][i]["point"][key] for i in both_ok) if both_ok else None
 
         def ratio(key: str) -> float | None:
             e, f = med("empty", key), med("prefilled", key)
             return round(f / e, 3) if e and f is not None else None
 
-        per_round = [f["point"]["rps"] / e["point"]["rps"] for e, f in ok if e["point"]["rps"]]
+        per_round = [runs["prefilled"][i]["point"]["rps"] / runs["empty"][i]["point"]["rps"]
+                     for i in both_ok if runs["empty"][i]["point"]["rps"]]
         return {"ok": all(x["point"]["ok"] for v in runs.values() for x in v), "sync": "FULL", "workers": 2,
                 "connections": self.p.history_connections, "stored_inbound_messages": self.p.history_messages,
                 "rounds": self.rounds, "empty": runs["empty"][0], "prefilled": runs["prefilled"][0],
@@ -1115,15 +1115,15 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
     for i in range(inbound):
         peer = senders[i % len(senders)]
         at = now - 30 * 86400 + i * step
-        sid = "SM" + hashlib.blake2b(f"feed:{i}".encode(), digest_size=16).hexdigest()  # scattered, as Twilio's
+        sid = signing.scattered_sid(f"feed:{i}")
         session = f"agent:{agent}:peer:{channel_id}:{peer}"
         text = f"earlier message {i}"
         reply = f'Sophon default agent. You said: "{text}"'
         in_id, out_id = 2 * i + 1, 2 * i + 2
         msg_rows.append((in_id, channel_id, "in", sid, peer, session, text, "received", None, None, None, None, 1,
                          at, None))
-        out_rows.append((out_id, channel_id, "out", "SM" + hashlib.blake2b(f"sent:{i}".encode(), digest_size=16).hexdigest(), peer, session, reply, "delivered", None,
-                         in_id, i + 1, 0, 1, at + 1.5, at + 3))
+        out_rows.append((out_id, channel_id, "out", signing.scattered_sid(f"sent:{i}"), peer, session, reply,
+                         "delivered", None, in_id, i + 1, 0, 1, at + 1.5, at + 3))
         payload = message_json(InboundMessage(channel_id=channel_id, provider_message_id=sid, sender=peer,
                                               recipient=MAIN_NUMBER, text=text, received_at=at))
         job_rows.append((i + 1, in_id, channel_id, session, "done", 1, at, None, None, 1, None, payload, reply,
@@ -1262,17 +1262,17 @@ def print_table(r: dict) -> None:
         q = s["history"]
         print(f"\n4b. Store history (Sophon FULL, 2 workers, {q['connections']} conns)")
         print(f"{'store':<40}{'file MB':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
-        for i in range(q.get("rounds", 1)):
+        for i in range(q["rounds"]):
             for name in ("empty", "prefilled"):
-                run = q["all_rounds"][name][i] if "all_rounds" in q else q[name]
+                run = q["all_rounds"][name][i]
                 p, pre = run["point"], run["prefill"].get("prefill_bytes")
                 what = "empty" if name == "empty" else (f"{q['stored_inbound_messages']:,} answered messages "
                                                         f"({pre / 2**20:.0f} MB)")
-                if q.get("rounds", 1) > 1:
+                if q["rounds"] > 1:
                     what = f"r{i + 1} {what}"
                 print(f"{what:<40}{fmt(run['store_bytes_at_end'] / 2**20, 9)}{fmt(p['rps'], 9, 0)}"
                       f"{fmt(p['p50_ms'], 9)}{fmt(p['p99_ms'], 9)}")
-        if q.get("rounds", 1) > 1:
+        if q["rounds"] > 1:
             print(f"medians of {q['rounds']} rounds: empty {fmt(q['medians']['empty']['rps'], 0, 0)} req/s, "
                   f"prefilled {fmt(q['medians']['prefilled']['rps'], 0, 0)} req/s; per-round ratio "
                   f"{q['rps_ratio_range']}")

@@ -49,7 +49,7 @@ from . import metrics, sender
 from .errors import AttachmentError, SendError
 from .media import public_base
 from .models import Attachment, Channel, DroppedAttachment, InboundMessage, OutboundMessage, Reply
-from .store import Job, LeaseLost
+from .store import KEEP_KEYS_SECONDS, Job, LeaseLost
 from .textsplit import split_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -298,15 +298,15 @@ class Pipeline:
         return gone
 
     def _prune_store(self) -> dict[str, int]:
-        """Forget webhook keys and unmatched delivery reports older than two days (``Store.prune``)."""
+        """Forget old webhook keys and unmatched delivery reports (``Store.prune``)."""
         try:
             gone = self.runtime.store.prune()
         except Exception:
             log.exception("pruning old webhook keys from the store failed")
             return {}
         if any(gone.values()):
-            log.info("forgot %d webhook key(s) and %d unmatched delivery report(s) older than two days",
-                     gone["deliveries"], gone["early_status"])
+            log.info("forgot %d webhook key(s) and %d unmatched delivery report(s) older than %g day(s)",
+                     gone["deliveries"], gone["early_status"], KEEP_KEYS_SECONDS / 86400)
         return gone
 
     # --- one job -------------------------------------------------------------------
