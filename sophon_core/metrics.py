@@ -8,6 +8,7 @@ default registry is used.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -29,6 +30,15 @@ DELIVERY_REPORTS = Counter("sophon_delivery_reports", "Delivery status reports r
 WEBHOOK_SECONDS = Histogram("sophon_webhook_seconds", "Time to acknowledge a provider webhook",
                             ["type", "code"],
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0))
+
+
+@functools.lru_cache(maxsize=1024)
+def labelled(metric, *labels: str):
+    """``metric.labels(*labels)``, the child for those label values, cached: prometheus-client's
+    ``labels`` checks and converts its arguments and takes a lock on every call, which on the
+    webhook path cost more than the counting itself. The label values are few (channel ids,
+    outcomes, status codes); the bound keeps an unexpected variety harmless."""
+    return metric.labels(*labels)
 
 
 def fresh_multiproc_dir(data_dir: Path, owner: int) -> Path:

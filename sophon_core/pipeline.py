@@ -96,6 +96,9 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sender_checked_at = -SENDER_CHECK_EVERY
+        if runtime.settings.replies == "sender":
+            # one wake-up of the reply sender per group commit that queued a job (Store._lead)
+            runtime.store.on_queued = self._notify_sender
 
     # --- in the webhook request ----------------------------------------------------
 
@@ -129,18 +132,18 @@ class Pipeline:
                 log.warning("%s is not on the allowlist of channel %s; message %s not answered",
                             msg.sender, channel.id, msg.provider_message_id)
                 store.count(channel.id, blocked=1)
-                metrics.INBOUND.labels(channel.id, "blocked").inc()
+                metrics.labelled(metrics.INBOUND, channel.id, "blocked").inc()
                 continue
             session = session_key(channel, msg)
             if msg.intent != "message":
-                metrics.INBOUND.labels(channel.id, "consent").inc()
+                metrics.labelled(metrics.INBOUND, channel.id, "consent").inc()
                 if store.record_consent(msg, session, delivery_key=key) and msg.intent in ("opt_out", "opt_in"):
                     log.info("%s opted %s on %s", msg.sender, "out" if msg.intent == "opt_out" else "back in",
                              channel.id)
                 continue
             outcome, _ = store.accept_inbound(msg, session, channel.limits.inbound_per_sender_per_hour,
                                               delivery_key=key)
-            metrics.INBOUND.labels(channel.id, outcome.replace("-", "_")).inc()
+            metrics.labelled(metrics.INBOUND, channel.id, outcome.replace("-", "_")).inc()
             if outcome == "duplicate":
                 log.info("duplicate delivery of %s on %s ignored", msg.provider_message_id, channel.id)
             elif outcome == "rate-limited":
@@ -150,11 +153,8 @@ class Pipeline:
             else:
                 queued += 1
         if queued:
-            if self.runtime.settings.replies == "sender":
-                self.start()  # (the checkpoint thread; started at boot already)
-                self._notify_sender()
-            else:
-                self.start()
+            self.start()  # (under a reply sender: the checkpoint thread; started at boot already)
+            if self.runtime.settings.replies != "sender":  # (the store wakes the sender: on_queued)
                 with self._wake:
                     self._wake.notify(queued)
         return queued
@@ -181,6 +181,8 @@ class Pipeline:
     def start(self) -> None:
         """Start this process's runner threads (idempotent; safe after fork or --preload); under
         ``SOPHON_REPLIES=sender``, where the reply sender process runs them, only a checkpoint thread."""
+        if self._threads and self._pid == os.getpid():  # running (the usual case, once per webhook)
+            return
         with self._guard:
             if self._pid != os.getpid():  # forked (gunicorn --preload): threads did not come along
                 self._pid, self._threads, self._active = os.getpid(), [], {}
@@ -363,14 +365,14 @@ class Pipeline:
             verdict = store.begin_part(job, part, units, channel.limits.daily_outbound_units)
             if verdict == "opted_out":
                 store.skip_job(job, "recipient opted out", "skipped_opted_out")
-                metrics.SKIPPED.labels(channel.id, "opted_out").inc()
+                metrics.labelled(metrics.SKIPPED, channel.id, "opted_out").inc()
                 log.info("not answering %s on %s: they opted out", peer, channel.id)
                 return
             if verdict == "over_budget":
                 budget = channel.limits.daily_outbound_units
                 store.skip_job(job, f"daily budget of {budget} units reached (limits.dailyOutboundUnits)",
                                "skipped_budget")
-                metrics.SKIPPED.labels(channel.id, "over_budget").inc()
+                metrics.labelled(metrics.SKIPPED, channel.id, "over_budget").inc()
                 log.error("channel %s reached its daily budget of %d units; not answering %s",
                           channel.id, budget, peer)
                 return
@@ -391,8 +393,8 @@ class Pipeline:
                 raise
             # The last part's id and the job's end are one transaction.
             finished = self._record_sent(job, part, sent, finish=part is parts[-1])
-            metrics.OUTBOUND.labels(channel.id).inc()
-            metrics.OUTBOUND_UNITS.labels(channel.id).inc(units)
+            metrics.labelled(metrics.OUTBOUND, channel.id).inc()
+            metrics.labelled(metrics.OUTBOUND_UNITS, channel.id).inc(units)
         if not finished:
             store.complete(job)  # the last part went out before (a retry after a crash), or no part did
         log.info("replied to %s on %s (job %d)", peer, channel.id, job.id)
@@ -420,7 +422,7 @@ class Pipeline:
 
     def _send_failed(self, channel: Channel, job: Job, part, units: int, exc: SendError, address: str) -> None:
         store, peer = self.runtime.store, job.message.sender
-        metrics.SEND_FAILURES.labels(channel.id, "permanent" if exc.permanent else "temporary").inc()
+        metrics.labelled(metrics.SEND_FAILURES, channel.id, "permanent" if exc.permanent else "temporary").inc()
         if exc.recipient_opted_out:
             store.set_opt_out(channel.id, peer, "STOP (reported by the provider)")
         if exc.permanent:
@@ -442,7 +444,7 @@ class Pipeline:
             reason = f"gave up after {job.attempts} attempt(s) over {settings.retry_for:g} s: {error}"
             store.fail(job, reason)
             store.count(job.channel_id, failed=1)
-            metrics.SKIPPED.labels(job.channel_id, "gave_up").inc()
+            metrics.labelled(metrics.SKIPPED, job.channel_id, "gave_up").inc()
             log.error("job %d: %s", job.id, reason)
             return
         delay = min(backoff(job.attempts, settings.retry_base, retry_after), deadline - now)
@@ -598,5 +600,5 @@ def record_delivery_status(runtime: "Runtime", channel_id: str, provider_id: str
 
     :return: False when the report changes nothing (yet).
     """
-    metrics.DELIVERY_REPORTS.labels(channel_id, status).inc()
+    metrics.labelled(metrics.DELIVERY_REPORTS, channel_id, status).inc()
     return runtime.store.record_status(channel_id, provider_id, status, error, STATUS_RANK)

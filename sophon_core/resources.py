@@ -31,7 +31,7 @@ class WebhookResource:
             code = exc.status
             raise
         finally:
-            metrics.WEBHOOK_SECONDS.labels(self.type.name, str(code)).observe(time.perf_counter() - started)
+            metrics.labelled(metrics.WEBHOOK_SECONDS, self.type.name, str(code)).observe(time.perf_counter() - started)
 
     def _handle(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()

@@ -5,17 +5,19 @@ to it, this process (``python -m sophon_core.sender``), which claims the stored 
 and answers them: agent, split, pacing, send, retries, leases, delivery bookkeeping
 (everything ``Pipeline`` does). The gunicorn workers then only check, store and
 acknowledge (``SOPHON_REPLIES=sender``), and wake the sender with a datagram after
-each queued message (``notify``); the sender also polls the store, so a lost wake-up
-costs at most ``pipeline.IDLE_POLL``.
+each group commit that queued a message (``notify``, from ``Store.on_queued``: one
+per batch, sent once the batch is committed); the sender also polls the store, so a
+lost wake-up costs at most ``pipeline.IDLE_POLL``.
 
 Why a process of its own: a worker that also ran the agent and the provider calls
 spent most of its CPU (and the GIL) on them, and acknowledgements waited. The
 sender runs at the lowest CPU priority (``SOPHON_SENDER_NICE``, default 19): when the
 CPU is short, webhooks, which Twilio gives up on after 15 s, come first, and replies
 catch up as soon as the burst is over; the messages wait in the store meanwhile,
-durably. Nice 19 rather than SCHED_IDLE: the sender still gets a small share of a
-CPU that other processes keep busy (say, a local model answering for the agent),
-so replies never stop altogether. A hung or CPU-hungry agent never slows the webhooks either.
+durably. Nice 19 rather than SCHED_IDLE: against other processes that keep the CPU
+busy (say, a local model answering for the agent) a SCHED_IDLE process gets about a
+third of a nice-19 one's small share, and while the sender holds the store's write
+lock the webhooks wait for it; SCHED_IDLE measured no faster for the webhooks either. A hung or CPU-hungry agent never slows the webhooks either.
 
 The process holds an exclusive lock on ``SOPHON_DATA_DIR/sender.lock`` while it runs
 (``running`` checks it; ``/healthz`` reports it), so a second sender for the same
@@ -43,7 +45,7 @@ from pathlib import Path
 log = logging.getLogger("sophon.sender")
 
 LOCK_NAME = "sender.lock"
-DEFAULT_NICE = 19  # the lowest CPU priority that still gets a share under load (unlike SCHED_IDLE)
+DEFAULT_NICE = 19  # the lowest nice value: the sender gets what the webhooks leave (see above)
 STOP_TIMEOUT = 20.0  # seconds jobs in hand get to finish on SIGTERM (gunicorn's graceful timeout)
 
 _notify_sock: socket.socket | None = None

@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .models import Attachment, DroppedAttachment, InboundMessage, Turn
 
@@ -234,6 +234,10 @@ class Store:
         self._covered = 0  # the highest number a finished fsync round covered (whether it worked or not)
         self._syncing = False  # a round is under way
         self._failed: collections.deque = collections.deque(maxlen=1000)  # (after, upto, error) of failed rounds
+        # Called by a group commit's leader once per batch that queued a job, when the batch is
+        # committed (and synced) and its accepts woken: one wake-up of whoever answers the jobs
+        # (the reply sender: see Pipeline) per batch rather than per message. Must not raise.
+        self.on_queued: Callable[[], None] | None = None
         self._conn().executescript(_SCHEMA)  # idempotent; executescript commits by itself
         self._migrate()
         if self._full:
@@ -506,7 +510,7 @@ class Store:
     def _lead(self, item: "_Pending") -> None:
         """Commit ``item`` and every accept queued so far as one batch; wait for the fsync
         (``_await_sync``, under ``FULL``); hand the lead to the first accept queued meanwhile;
-        then wake each accept of the batch, once.
+        then wake each accept of the batch, once; then call ``on_queued`` if the batch queued a job.
 
         One batch at a time per process, from its commit to the end of its fsync: the
         accepts that arrive meanwhile make the next batch larger, and each commit and
@@ -536,8 +540,11 @@ class Store:
             for other in batch:
                 if other is not item:
                     other.wake()
-        if failure is not None and not isinstance(failure, Exception):
-            raise failure
+        if failure is not None:
+            if not isinstance(failure, Exception):
+                raise failure
+        elif self.on_queued is not None and any(o.error is None and o.result[0] == "queued" for o in batch):
+            self.on_queued()
 
     def _pass_the_lead(self) -> None:
         with self._batch_lock:
@@ -652,8 +659,11 @@ class Store:
         files = [{"content_type": a.content_type} for a in msg.attachments] + [
             {"content_type": d.content_type, "dropped": d.reason or "not received"} for d in msg.dropped_attachments]
         cur = db.execute(
-            "INSERT OR IGNORE INTO messages (channel_id, direction, provider_id, peer, session_key,"
-            " text, status, units, media, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (channel_id, direction, provider_id, peer, session_key,"
+            " text, status, units, media, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?, ?)"
+            # a message seen before (its channel and provider id) is skipped; any other
+            # constraint, such as a missing text, fails the message (OR IGNORE would skip it too)
+            " ON CONFLICT DO NOTHING",
             (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text, status,
              msg.units, json.dumps(files) if files else None, msg.received_at))
         return cur.lastrowid if cur.rowcount == 1 else None

@@ -220,6 +220,49 @@ def test_sender_mode_says_nothing_when_a_sender_holds_the_lock(make_runtime, wak
     assert "no reply sender is running" not in caplog.text
 
 
+def test_sender_mode_wakes_the_sender_once_per_group_commit_after_its_jobs_are_committed(
+        make_runtime, wake_socket, monkeypatch):
+    """Concurrent webhooks of one worker are stored in batches (Store._lead): each batch that
+    queued a job sends one wake-up, and only once its jobs can be claimed (read here, on a
+    connection of our own, the moment the datagram is sent)."""
+    import sqlite3
+
+    from test_store_batch import run_threads, spy_batches
+
+    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
+    listener = wake_socket(rt.settings.data_dir)
+    listener.settimeout(5)
+    batches = spy_batches(rt.store, monkeypatch, delay=0.02)  # accepts pile up behind each commit
+    seen: list[set[int]] = []  # the jobs visible at each wake-up
+    real_notify = sender.notify
+
+    def notify(data_dir):
+        db = sqlite3.connect(rt.store.path)
+        try:
+            seen.append({row[0] for row in db.execute("SELECT inbound_id FROM jobs")})
+        finally:
+            db.close()
+        real_notify(data_dir)
+
+    monkeypatch.setattr(pipeline_mod.sender, "notify", notify)
+    n = 24
+    results = run_threads([lambda i=i: rt.pipeline.accept("dummy", [message(f"w{i}")]) for i in range(n)])
+    assert [r for r in results.values()] == [("ok", 1)] * n
+    assert len(batches) < n  # some were committed together
+    assert len(seen) == len(batches)  # one wake-up per batch
+    assert [listener.recv(16) for _ in seen] == [b"!"] * len(seen)
+    jobs = {row[0] for row in sqlite3.connect(rt.store.path).execute("SELECT inbound_id FROM jobs")}
+    assert len(jobs) == n and set().union(*seen) == jobs  # every job was committed before a wake-up
+    # a batch that queued nothing (duplicates) wakes nobody
+    wakes = len(seen)
+    again = run_threads([lambda i=i: rt.pipeline.accept("dummy", [message(f"w{i}")]) for i in range(4)])
+    assert [r for r in again.values()] == [("ok", 0)] * 4
+    assert len(seen) == wakes
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        listener.recv(16)
+
+
 def test_workers_mode_starts_runner_threads_and_sends_no_wake_up(make_runtime, sent, wake_socket):
     before = threading.enumerate()
     rt = make_runtime([dummy_channel()])

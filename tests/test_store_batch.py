@@ -117,7 +117,7 @@ def held_write_lock(store):
         yield
 
 
-@pytest.mark.parametrize("how", ["raise-after-insert", "unserializable-payload"])
+@pytest.mark.parametrize("how", ["raise-after-insert", "unserializable-payload", "no-text"])
 def test_a_message_failing_inside_its_savepoint_fails_only_its_own_call(tmp_path, monkeypatch, how):
     store = Store(tmp_path / "s.db")
     real_insert = store._insert_inbound
@@ -129,8 +129,10 @@ def test_a_message_failing_inside_its_savepoint_fails_only_its_own_call(tmp_path
             return row
         monkeypatch.setattr(store, "_insert_inbound", insert)
         bad, error = msg("bad", units=7), sqlite3.IntegrityError
-    else:  # the message row is written, then its job's payload cannot be (bytes are not JSON)
+    elif how == "unserializable-payload":  # the message row is written, then its job's payload cannot be
         bad, error = msg("bad", units=7, attachments=(Attachment("image/png", data=b"\x89PNG"),)), TypeError
+    else:  # a plugin's bug: the message has no text (NOT NULL), which must fail it, not pass for a duplicate
+        bad, error = msg("bad", units=7, text=None), sqlite3.IntegrityError
     add_usage_calls = []
     real_add_usage = store._add_usage
     monkeypatch.setattr(store, "_add_usage",
