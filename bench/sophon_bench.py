@@ -1097,8 +1097,9 @@ def store_bytes(db: Path, fold_log: bool = False) -> int:
 def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: Sequence[str]) -> dict:
     """Write ``inbound`` answered conversations turns straight into a new store: each an inbound
     message, its done job and its reply (so 2 x ``inbound`` rows in ``messages``), spread over
-    the last 30 days and over the benchmark's senders, with the webhook idempotency keys of the
-    last ``KEEP_KEYS_SECONDS`` (the ones ``Store.prune`` keeps), in the schema of sophon_core.store."""
+    the last 30 days and over the benchmark's senders, with the inbound message ids and webhook
+    idempotency keys of the last ``KEEP_KEYS_SECONDS`` (the ones ``Store.prune`` keeps), in the
+    schema of sophon_core.store."""
     from sophon_core.models import InboundMessage
     from sophon_core.store import KEEP_KEYS_SECONDS, Store, message_json
 
@@ -1110,7 +1111,7 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
     now = time.time()
     step = 30 * 86400 / max(1, inbound)
     conn.execute("BEGIN")
-    msg_rows, job_rows, out_rows, key_rows = [], [], [], []
+    msg_rows, job_rows, out_rows, key_rows, id_rows = [], [], [], [], []
     usage: collections.Counter = collections.Counter()
     for i in range(inbound):
         peer = senders[i % len(senders)]
@@ -1131,8 +1132,9 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
         day = time.strftime("%Y-%m-%d", time.gmtime(at))
         for counter in ("messages_in", "units_in", "messages_out", "units_out"):
             usage[(channel_id, day, counter)] += 1
-        if at >= now - KEEP_KEYS_SECONDS:  # the webhook keys Store.prune has not forgotten yet
+        if at >= now - KEEP_KEYS_SECONDS:  # the message ids and webhook keys Store.prune has not forgotten yet
             key_rows.append((f"sms:feed-{sid}", at))
+            id_rows.append((channel_id, sid, at))
     conn.executemany("INSERT INTO messages (id, channel_id, direction, provider_id, peer, session_key, text,"
                      " status, error, reply_to, job_id, part_no, units, created_at, updated_at)"
                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", msg_rows + out_rows)
@@ -1141,6 +1143,7 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
                      " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", job_rows)
     conn.executemany("INSERT INTO usage VALUES (?, ?, ?, ?)", [(*k, v) for k, v in usage.items()])
     conn.executemany("INSERT INTO deliveries VALUES (?, ?)", key_rows)
+    conn.executemany("INSERT INTO inbound_ids VALUES (?, ?, ?)", id_rows)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

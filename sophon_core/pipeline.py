@@ -300,15 +300,16 @@ class Pipeline:
         return gone
 
     def _prune_store(self) -> dict[str, int]:
-        """Forget old webhook keys and unmatched delivery reports (``Store.prune``)."""
+        """Forget old inbound message ids, webhook keys and unmatched delivery reports (``Store.prune``)."""
         try:
             gone = self.runtime.store.prune()
         except Exception:
             log.exception("pruning old webhook keys from the store failed")
             return {}
         if any(gone.values()):
-            log.info("forgot %d webhook key(s) and %d unmatched delivery report(s) older than %g day(s)",
-                     gone["deliveries"], gone["early_status"], KEEP_KEYS_SECONDS / 86400)
+            log.info("forgot %d inbound message id(s), %d webhook key(s) and %d unmatched delivery report(s)"
+                     " older than %g day(s)", gone["inbound_ids"], gone["deliveries"], gone["early_status"],
+                     KEEP_KEYS_SECONDS / 86400)
         return gone
 
     # --- one job -------------------------------------------------------------------

@@ -45,8 +45,6 @@ CREATE TABLE IF NOT EXISTS messages (
     created_at  REAL NOT NULL,
     updated_at  REAL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS messages_inbound_once
-    ON messages (channel_id, provider_id) WHERE direction = 'in';
 CREATE UNIQUE INDEX IF NOT EXISTS messages_part_once
     ON messages (job_id, part_no) WHERE direction = 'out';
 CREATE INDEX IF NOT EXISTS messages_by_turn ON messages (session_key, COALESCE(reply_to, id), id);
@@ -85,6 +83,17 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (channel_id, day, counter)
 );
 
+-- (channel, provider message id) of the inbound messages stored in the last KEEP_KEYS_SECONDS:
+-- a message whose id is here is a duplicate. Kept short (Store.prune) rather than a unique index
+-- on the whole log: provider ids are random, and in an index over all history each new one
+-- lands on a page of its own (measured: bench/run --only history).
+CREATE TABLE IF NOT EXISTS inbound_ids (
+    channel_id  TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    at          REAL NOT NULL,
+    PRIMARY KEY (channel_id, provider_id)
+);
+
 CREATE TABLE IF NOT EXISTS deliveries (  -- webhook idempotency keys already processed
     key         TEXT PRIMARY KEY,
     at          REAL NOT NULL
@@ -113,10 +122,10 @@ _OPEN = "('queued', 'running')"
 # Pages in the write-ahead log past which a commit checkpoints by itself (about 40 MB);
 # normally ``Store.checkpoint`` runs every second long before (see _conn).
 AUTO_CHECKPOINT_PAGES = 10_000
-# Webhook idempotency keys and delivery reports still waiting for their message are kept
-# this long (``Store.prune``), so those tables hold a few days of traffic, not all of it.
-# Twilio retries a webhook within its 15 s timeout; a status report's message is recorded
-# within seconds of the report, or never.
+# Inbound message ids, webhook idempotency keys and delivery reports still waiting for their
+# message are kept this long (``Store.prune``), so those tables hold a few days of traffic,
+# not all of it. Twilio retries a webhook within its 15 s timeout; a status report's message
+# is recorded within seconds of the report, or never.
 KEEP_KEYS_SECONDS = 2 * 86400
 PRUNE_BATCH = 5000  # rows per transaction, so that webhooks never wait long behind a prune
 
@@ -244,8 +253,15 @@ class Store:
             self._fsync_wal()
 
     def _migrate(self) -> None:
-        """Bring a store made by an older version up to date (columns added since)."""
+        """Bring a store made by an older version up to date (columns added since; the unique
+        index on inbound provider ids replaced by ``inbound_ids``)."""
         db = self._conn()
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'messages_inbound_once'").fetchone():
+            with self._write(durable=True) as tx:  # (another worker may have done it meanwhile: idempotent)
+                tx.execute("INSERT OR IGNORE INTO inbound_ids SELECT channel_id, provider_id, created_at FROM messages"
+                           " WHERE direction = 'in' AND provider_id IS NOT NULL AND created_at >= ?",
+                           (time.time() - KEEP_KEYS_SECONDS,))
+                tx.execute("DROP INDEX IF EXISTS messages_inbound_once")
         columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
         if "media" not in columns:
             try:
@@ -658,15 +674,15 @@ class Store:
     def _insert_inbound(db: sqlite3.Connection, msg: InboundMessage, session_key: str, status: str) -> int | None:
         files = [{"content_type": a.content_type} for a in msg.attachments] + [
             {"content_type": d.content_type, "dropped": d.reason or "not received"} for d in msg.dropped_attachments]
-        cur = db.execute(
+        if msg.provider_message_id is not None and db.execute(
+                "INSERT OR IGNORE INTO inbound_ids VALUES (?, ?, ?)",
+                (msg.channel_id, msg.provider_message_id, time.time())).rowcount == 0:
+            return None  # stored before (within KEEP_KEYS_SECONDS)
+        return db.execute(
             "INSERT INTO messages (channel_id, direction, provider_id, peer, session_key,"
-            " text, status, units, media, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?, ?)"
-            # a message seen before (its channel and provider id) is skipped; any other
-            # constraint, such as a missing text, fails the message (OR IGNORE would skip it too)
-            " ON CONFLICT DO NOTHING",
+            " text, status, units, media, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?, ?)",
             (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text, status,
-             msg.units, json.dumps(files) if files else None, msg.received_at))
-        return cur.lastrowid if cur.rowcount == 1 else None
+             msg.units, json.dumps(files) if files else None, msg.received_at)).lastrowid
 
     # --- jobs ----------------------------------------------------------------------
     # Every change to a claimed job is fenced: it names the job's lease token and
@@ -938,12 +954,13 @@ class Store:
                        " DO UPDATE SET value = value + excluded.value", (channel_id, day, name, value))
 
     def prune(self, now: float | None = None) -> dict[str, int]:
-        """Forget webhook idempotency keys (``deliveries``) and unmatched early delivery
+        """Forget inbound message ids (``inbound_ids``: a message delivered again after that is
+        stored again), webhook idempotency keys (``deliveries``) and unmatched early delivery
         reports (``early_status``) older than ``KEEP_KEYS_SECONDS``, ``PRUNE_BATCH`` rows per
         transaction. The message log is kept whole. :return: rows deleted, per table."""
         cutoff = (time.time() if now is None else now) - KEEP_KEYS_SECONDS
         gone: dict[str, int] = {}
-        for table in ("deliveries", "early_status"):  # (rows are appended in time order)
+        for table in ("inbound_ids", "deliveries", "early_status"):  # (rows are appended in time order)
             gone[table] = 0
             while True:
                 with self._write() as db:

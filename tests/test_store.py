@@ -341,7 +341,7 @@ def test_the_last_parts_id_and_the_jobs_end_are_one_transaction(tmp_path):
     assert store.job_states() == {"done": 1, "running": 1}
 
 
-def test_old_webhook_keys_and_unmatched_delivery_reports_are_pruned_in_batches(tmp_path, monkeypatch):
+def test_old_message_ids_webhook_keys_and_unmatched_delivery_reports_are_pruned_in_batches(tmp_path, monkeypatch):
     import sophon_core.store as store_mod
 
     monkeypatch.setattr(store_mod, "PRUNE_BATCH", 5)  # 12 old keys: three transactions
@@ -354,17 +354,47 @@ def test_old_webhook_keys_and_unmatched_delivery_reports_are_pruned_in_batches(t
     old = now - store_mod.KEEP_KEYS_SECONDS - 60
     with sqlite3.connect(tmp_path / "s.db") as db:
         db.execute("UPDATE deliveries SET at = ? WHERE key != 'sms:k12'", (old,))
+        db.execute("UPDATE inbound_ids SET at = ? WHERE provider_id NOT IN ('m11', 'm12')", (old,))
         db.execute("UPDATE early_status SET at = ? WHERE provider_id = 'SMold'", (old,))
 
-    assert store.prune(now) == {"deliveries": 12, "early_status": 1}
-    assert store.prune(now) == {"deliveries": 0, "early_status": 0}
+    assert store.prune(now) == {"inbound_ids": 11, "deliveries": 12, "early_status": 1}
+    assert store.prune(now) == {"inbound_ids": 0, "deliveries": 0, "early_status": 0}
     with sqlite3.connect(tmp_path / "s.db") as db:
         assert db.execute("SELECT key FROM deliveries").fetchall() == [("sms:k12",)]
+        assert db.execute("SELECT provider_id FROM inbound_ids ORDER BY 1").fetchall() == [("m11",), ("m12",)]
         assert db.execute("SELECT provider_id FROM early_status").fetchall() == [("SMnew",)]
         assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 13  # the log is kept whole
     assert store.accept_inbound(msg("m12"), "s", delivery_key="sms:k12") == ("duplicate", None)
-    # a pruned key's message delivered again is still recognised, by its provider id
-    assert store.accept_inbound(msg("m3"), "s", delivery_key="sms:k3") == ("duplicate", None)
+    # a pruned key's message delivered again is still recognised by its id while that is kept
+    assert store.accept_inbound(msg("m11"), "s", delivery_key="sms:k11") == ("duplicate", None)
+    # after two days a message delivered again is a new one (Twilio retries within seconds)
+    assert store.accept_inbound(msg("m3"), "s", delivery_key="sms:k3")[0] == "queued"
+    assert store.accept_inbound(msg("m3"), "s", delivery_key="sms:k3b") == ("duplicate", None)
+
+
+def test_a_store_with_the_old_unique_index_keeps_recent_ids_and_drops_the_index(tmp_path):
+    """Stores made before ``inbound_ids`` had a unique index on (channel, provider id): opening
+    one copies the ids of the last KEEP_KEYS_SECONDS into ``inbound_ids`` and drops the index,
+    so a message Twilio delivers again across the upgrade is still a duplicate."""
+    import sophon_core.store as store_mod
+
+    path = tmp_path / "s.db"
+    store = Store(path)
+    assert store.accept_inbound(msg("recent"), "s")[0] == "queued"
+    assert store.accept_inbound(msg("old"), "s")[0] == "queued"
+    with sqlite3.connect(path) as db:  # what the older version had and wrote
+        db.execute("DELETE FROM inbound_ids")
+        db.execute("UPDATE messages SET created_at = ? WHERE provider_id = 'old'",
+                   (time.time() - store_mod.KEEP_KEYS_SECONDS - 60,))
+        db.execute("CREATE UNIQUE INDEX messages_inbound_once ON messages (channel_id, provider_id)"
+                   " WHERE direction = 'in'")
+    store._conn().close()
+    upgraded = Store(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'messages_inbound_once'").fetchall() == []
+        assert db.execute("SELECT provider_id FROM inbound_ids").fetchall() == [("recent",)]
+    assert upgraded.accept_inbound(msg("recent"), "s") == ("duplicate", None)
+    assert Store(path).accept_inbound(msg("new"), "s")[0] == "queued"  # (opened again: nothing to do)
 
 
 def test_the_pipeline_prunes_old_webhook_keys(make_runtime):
@@ -377,5 +407,5 @@ def test_the_pipeline_prunes_old_webhook_keys(make_runtime):
     with sqlite3.connect(rt.store.path) as db:
         db.execute("UPDATE deliveries SET at = ? WHERE key = 'dummy:k1'",
                    (time.time() - store_mod.KEEP_KEYS_SECONDS - 1,))
-    assert rt.pipeline._prune_store() == {"deliveries": 1, "early_status": 0}
-    assert rt.pipeline._prune_store() == {"deliveries": 0, "early_status": 0}
+    assert rt.pipeline._prune_store() == {"inbound_ids": 0, "deliveries": 1, "early_status": 0}
+    assert rt.pipeline._prune_store() == {"inbound_ids": 0, "deliveries": 0, "early_status": 0}
