@@ -17,7 +17,8 @@ catch up as soon as the burst is over; the messages wait in the store meanwhile,
 durably. Nice 19 rather than SCHED_IDLE: against other processes that keep the CPU
 busy (say, a local model answering for the agent) a SCHED_IDLE process gets about a
 third of a nice-19 one's small share, and while the sender holds the store's write
-lock the webhooks wait for it; SCHED_IDLE measured no faster for the webhooks either. A hung or CPU-hungry agent never slows the webhooks either.
+lock the webhooks wait for it; nor did SCHED_IDLE measure faster for the webhooks.
+A hung or CPU-hungry agent never slows the webhooks either.
 
 The process holds an exclusive lock on ``SOPHON_DATA_DIR/sender.lock`` while it runs
 (``running`` checks it; ``/healthz`` reports it), so a second sender for the same

@@ -490,8 +490,9 @@ class Store:
 
     def accept_inbound(self, msg: InboundMessage, session_key: str, max_per_hour: int | None = None,
                        delivery_key: str | None = None) -> tuple[str, int | None]:
-        """Store an inbound message once per (channel, provider message id), with its job
-        and today's usage, committed before this returns.
+        """Store an inbound message once per (channel, provider message id) (ids are kept
+        ``KEEP_KEYS_SECONDS``: ``inbound_ids``), with its job and today's usage, committed
+        before this returns.
 
         Group commit: webhook threads of one process that arrive while another batch is
         committed and synced are stored together in the next transaction; a failure of
