@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import http.client
 import itertools
@@ -1028,6 +1029,7 @@ class Bench:
                             if self.server_cpus else "off: every process on every CPU"),
                 "load": "wrk, pre-signed Twilio webhooks (unique MessageSid and idempotency token each)",
                 "sophon_env": {"SOPHON_PIPELINE_THREADS": os.environ.get("SOPHON_PIPELINE_THREADS", "8 (default)"),
+                               "SOPHON_SENDER_NICE": os.environ.get("SOPHON_SENDER_NICE", f"{DEFAULT_NICE} (default)"),
                                "SOPHON_AGENT_TIMEOUT": self.p.slow_agent_seconds + 40,
                                "SOPHON_LOG_LEVEL": "WARNING"},
                 "profile": self.p.__dict__,
@@ -1195,8 +1197,9 @@ def print_table(r: dict) -> None:
             print(f"{name:<16}{p['workers']:>8}{p['connections']:>6}{fmt(p['rps'], 9, 0)}{fmt(p['p50_ms'], 9)}"
                   f"{fmt(p['p99_ms'], 9)}{fmt(p['max_ms'], 9)}{p['non_2xx']:>8}"
                   f"{sum(p['socket_errors'].values()):>9}  {'yes' if p['ok'] else 'NO '}{owed}")
-        nice = os.environ.get("SOPHON_SENDER_NICE") or DEFAULT_NICE
-        where = {"sender": f"the reply sender process of `sophon serve` (nice +{nice})",
+        nice = str(os.environ.get("SOPHON_SENDER_NICE") or DEFAULT_NICE).strip().lower()
+        priority = "SCHED_IDLE" if nice == "idle" else f"nice +{nice}"
+        where = {"sender": f"the reply sender process of `sophon serve` ({priority})",
                  "workers": "runner threads of the same workers"}[st.get("sophon_replies", "workers")]
         print(f"(Sophon answers every message: default agent, replies POSTed to the sandbox by {where}; "
               "replied = replies the sandbox accepted during the point, owed = jobs still open when the load "
@@ -1313,6 +1316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON results file (default bench/results/latest.json, smoke: bench/results/smoke.json)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per wrk point (overrides the mode)")
+    ap.add_argument("--ack-workers", default=None,
+                    help="worker counts of the ack section (default 1,2; the smoke run 1); e.g. 1 for quick "
+                         "A/B runs of the 1-worker points")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the ack and history sections' servers this many times, interleaved (every server "
                          "once, then again); the ratios use each point's median, with the range of the "
@@ -1339,6 +1345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"unknown --ack-servers {', '.join(sorted(set(ack_servers) - set(ACK_SERVERS)))}; "
                  f"choose from {', '.join(ACK_SERVERS)}")
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.ack_workers:
+        try:
+            workers = tuple(int(w) for w in args.ack_workers.split(",") if w.strip())
+        except ValueError:
+            workers = ()
+        if not workers or min(workers) < 1:
+            ap.error(f"--ack-workers takes worker counts such as 1 or 1,2, not {args.ack_workers!r}")
+        profile = dataclasses.replace(profile, ack_workers=workers)
     out = args.out or BENCH / "results" / ("smoke.json" if args.smoke else "latest.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -11,13 +11,18 @@ lost wake-up costs at most ``pipeline.IDLE_POLL``.
 
 Why a process of its own: a worker that also ran the agent and the provider calls
 spent most of its CPU (and the GIL) on them, and acknowledgements waited. The
-sender runs at the lowest CPU priority (``SOPHON_SENDER_NICE``, default 19): when the
-CPU is short, webhooks, which Twilio gives up on after 15 s, come first, and replies
-catch up as soon as the burst is over; the messages wait in the store meanwhile,
-durably. Nice 19 rather than SCHED_IDLE: against other processes that keep the CPU
-busy (say, a local model answering for the agent) a SCHED_IDLE process gets about a
-third of a nice-19 one's small share, and while the sender holds the store's write
-lock the webhooks wait for it; nor did SCHED_IDLE measure faster for the webhooks.
+sender runs at the lowest CPU priority (``SOPHON_SENDER_NICE``, default ``idle``:
+Linux's ``SCHED_IDLE`` policy for all its threads, which run only when no other
+process wants the CPU): when the CPU is short, webhooks, which Twilio gives up on
+after 15 s, come first, and replies catch up as soon as the burst is over; the
+messages wait in the store meanwhile, durably. ``SCHED_IDLE`` rather than nice +19
+(the default until then, still ``SOPHON_SENDER_NICE=19``): at nice +19 the sender
+took 13 to 17% of a busy webhook CPU, at ``SCHED_IDLE`` 9 to 11% (the CPU time the
+webhooks left idle, waiting for the disk), and the webhooks went 8 to 11% faster
+(bench/run; README, Performance). The price: against another process that keeps
+every CPU busy (a local model, a build), a ``SCHED_IDLE`` sender gets about a third
+of a nice-19 one's small share, and while it holds the store's write lock the
+webhooks wait for it; on such a host set ``SOPHON_SENDER_NICE`` to a number.
 A hung or CPU-hungry agent never slows the webhooks either.
 
 The process holds an exclusive lock on ``SOPHON_DATA_DIR/sender.lock`` while it runs
@@ -46,7 +51,7 @@ from pathlib import Path
 log = logging.getLogger("sophon.sender")
 
 LOCK_NAME = "sender.lock"
-DEFAULT_NICE = 19  # the lowest nice value: the sender gets what the webhooks leave (see above)
+DEFAULT_NICE = "idle"  # SCHED_IDLE: the sender gets the CPU time the webhooks leave (see above)
 STOP_TIMEOUT = 20.0  # seconds jobs in hand get to finish on SIGTERM (gunicorn's graceful timeout)
 
 _notify_sock: socket.socket | None = None
@@ -112,6 +117,26 @@ def _take_lock(data_dir: Path) -> int:
             time.sleep(0.01)
 
 
+def lower_priority(nice: str) -> str:
+    """Lower this process's CPU priority; call it before the process starts threads (they
+    inherit it: Linux applies both the policy and the nice value per thread).
+
+    :param nice: ``idle`` (``SCHED_IDLE``; nice +19 where the system has no such policy)
+        or a nice increment ``0`` to ``19``, as ``Settings.sender_nice`` holds it.
+    :return: what was applied, for the log.
+    """
+    if nice == "idle":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except (AttributeError, OSError) as exc:
+            log.warning("cannot run the reply sender under SCHED_IDLE (%s); lowering it to nice +19 instead", exc)
+            nice = "19"
+    if int(nice):
+        os.nice(int(nice))
+    return f"nice +{int(nice)}"
+
+
 def _listen(sock: socket.socket, pipeline, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
@@ -129,13 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     from .app import secrets_of
     from .errors import SophonError
     from .runtime import Runtime
-    from .settings import Settings
+    from .settings import Settings, sender_nice
 
     ap = argparse.ArgumentParser(prog="python -m sophon_core.sender", description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None,
                     help="runner threads (default SOPHON_PIPELINE_THREADS x SOPHON_WORKERS)")
-    ap.add_argument("--nice", type=int, default=None, help=f"CPU niceness to add (default SOPHON_SENDER_NICE "
-                    f"or {DEFAULT_NICE}; 0 keeps the parent's)")
+    ap.add_argument("--nice", default=None, help=f"CPU priority: idle (SCHED_IDLE) or 0 to 19, the niceness to add "
+                    f"(default SOPHON_SENDER_NICE or {DEFAULT_NICE}; 0 keeps the parent's)")
     args = ap.parse_args(argv)
     built: list = []
     logs.configure(lambda: secrets_of(built[0]) if built else [])
@@ -143,15 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     threads = args.threads or settings.pipeline_threads * max(1, int(settings.env.get("SOPHON_WORKERS") or 1))
     settings = dataclasses.replace(settings, pipeline_threads=max(1, threads), replies="workers")
-    nice = args.nice if args.nice is not None else int(settings.env.get("SOPHON_SENDER_NICE") or DEFAULT_NICE)
+    try:
+        nice = sender_nice(args.nice, "--nice") if args.nice is not None else settings.sender_nice
+    except ValueError as exc:
+        ap.error(str(exc))
     lock_fd = _take_lock(settings.data_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         sock.bind(wake_address(settings.data_dir))
     except OSError as exc:
         log.warning("cannot listen for wake-ups (%s); finding new jobs by polling the store", exc)
-    if nice:
-        os.nice(nice)
+    priority = lower_priority(nice)  # before any thread starts
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -164,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.pipeline.start()
     threading.Thread(target=_listen, args=(sock, runtime.pipeline, stop), name="sophon-sender-wake",
                      daemon=True).start()
-    log.info("reply sender up: %d runner thread(s), nice +%d, store %s", threads, nice, settings.data_dir)
+    log.info("reply sender up: %d runner thread(s), %s, store %s", threads, priority, settings.data_dir)
     while not stop.wait(1.0):
         if os.getppid() != parent:
             log.warning("the process that started the reply sender is gone; stopping")

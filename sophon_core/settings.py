@@ -37,6 +37,9 @@ class Settings:
         ``workers`` (default: in every gunicorn worker, next to the webhooks) or ``sender``
         (in one reply-sender process, ``sophon_core/sender.py``, which ``sophon serve``
         starts and sets this for; the workers then only store and acknowledge).
+    :param sender_nice: ``SOPHON_SENDER_NICE``: the reply sender's CPU priority: ``idle``
+        (default: Linux's ``SCHED_IDLE``, it runs only when no other process wants the CPU)
+        or ``0`` to ``19``, how much to raise its nice value (normal scheduling).
     :param env: the whole environment, for plugins' own variables
         (e.g. a provider API URL override).
     """
@@ -54,6 +57,7 @@ class Settings:
     media_url_ttl: float = 600.0
     media_retention_days: float = 30.0
     replies: str = "workers"
+    sender_nice: str = "idle"
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -74,6 +78,7 @@ class Settings:
             media_url_ttl=_number(env, "SOPHON_MEDIA_URL_TTL", 600.0),
             media_retention_days=_number(env, "SOPHON_MEDIA_RETENTION_DAYS", 30.0),
             replies=_choice(env, "SOPHON_REPLIES", ("WORKERS", "SENDER")).lower(),
+            sender_nice=sender_nice(env.get("SOPHON_SENDER_NICE")),
             env=env,
         )
 
@@ -89,6 +94,15 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name}={raw!r} must be greater than 0")
     return value
+
+
+def sender_nice(raw: str | None, name: str = "SOPHON_SENDER_NICE") -> str:
+    """``idle`` or a nice increment ``0`` to ``19`` (as a string); unset or empty: ``idle``."""
+    value = (raw or "idle").strip().lower()
+    if value == "idle" or (value.isdigit() and int(value) <= 19):
+        return value if value == "idle" else str(int(value))
+    raise ValueError(f"{name}={raw!r} must be idle (the default: the reply sender runs only on CPU time "
+                     "nothing else wants) or a whole number from 0 to 19 (how much lower its nice value is)")
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:

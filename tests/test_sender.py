@@ -23,6 +23,7 @@ from dummy_channel import dummy_channel, wait_sent
 from sophon_core import pipeline as pipeline_mod
 from sophon_core import sender
 from sophon_core.models import InboundMessage
+from sophon_core.settings import Settings
 
 # A child that takes an exclusive flock on argv[1], says "locked", and holds it until its stdin closes.
 HOLDER = ("import fcntl, os, sys\n"
@@ -388,6 +389,59 @@ def test_second_real_sender_refuses_and_sigterm_stops_the_first(tmp_path, sender
         assert again.wait(timeout=10) == 0
     finally:
         stop(again)
+
+
+@pytest.mark.parametrize("raw, expected", [(None, "idle"), ("", "idle"), (" IDLE ", "idle"), ("0", "0"),
+                                           ("19", "19"), (" 07 ", "7")])
+def test_sender_nice_is_idle_by_default_or_a_nice_increment(raw, expected):
+    env = {} if raw is None else {"SOPHON_SENDER_NICE": raw}
+    assert Settings.from_env(env).sender_nice == expected
+
+
+@pytest.mark.parametrize("raw", ["20", "-1", "1.5", "low", "nice"])
+def test_a_bad_sender_nice_says_what_to_write(raw):
+    with pytest.raises(ValueError) as err:
+        Settings.from_env({"SOPHON_SENDER_NICE": raw})
+    assert f"SOPHON_SENDER_NICE={raw!r}" in str(err.value)
+    assert "idle" in str(err.value) and "0 to 19" in str(err.value)
+
+
+THREAD_PRIORITY = ("import os, sys, threading\n"
+                   "from sophon_core.sender import lower_priority\n"
+                   "base = os.getpriority(os.PRIO_PROCESS, 0)\n"
+                   "applied = lower_priority(sys.argv[1])\n"
+                   "seen = []\n"
+                   "t = threading.Thread(target=lambda: seen.append((os.sched_getscheduler(0),"
+                   " os.getpriority(os.PRIO_PROCESS, 0) - base)))\n"
+                   "t.start(); t.join()\n"
+                   "print(applied, *seen[0])\n")
+
+
+@pytest.mark.parametrize("nice, applied, policy, added", [("idle", "SCHED_IDLE", "SCHED_IDLE", 0),
+                                                          ("7", "nice +7", "SCHED_OTHER", 7),
+                                                          ("0", "nice +0", "SCHED_OTHER", 0)])
+def test_lower_priority_reaches_the_threads_started_after_it(nice, applied, policy, added):
+    """The sender lowers its priority before its runner threads start; they inherit it."""
+    out = subprocess.run([sys.executable, "-c", THREAD_PRIORITY, nice], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out[:-2] == applied.split()
+    assert (int(out[-2]), int(out[-1])) == (getattr(os, policy), added)
+
+
+def test_a_real_sender_runs_its_threads_under_sched_idle_and_refuses_a_bad_nice(tmp_path, sender_env):
+    proc = start_sender(sender_env, tmp_path / "idle.log")
+    try:
+        line = wait_for_log(proc, tmp_path / "idle.log", "reply sender up")
+        assert "SCHED_IDLE" in line
+        tids = os.listdir(f"/proc/{proc.pid}/task")
+        assert len(tids) >= 4  # the main thread, the 2 runner threads, the heartbeat, the wake-up listener
+        assert {os.sched_getscheduler(int(tid)) for tid in tids} == {os.SCHED_IDLE}
+    finally:
+        stop(proc)
+    bad = subprocess.run([sys.executable, "-m", "sophon_core.sender", "--nice", "20"], env=sender_env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "--nice='20' must be idle" in bad.stderr and "reply sender up" not in bad.stderr
 
 
 def test_sender_stops_when_the_process_that_started_it_is_gone(tmp_path, sender_env):
