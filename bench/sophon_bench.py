@@ -280,7 +280,7 @@ class Bench:
     def __init__(self, profile: Profile, *, out: Path, only: Sequence[str], wrk: str, wrk_version: str,
                  wrk_threads: int, gunicorn_threads: int, access_log: bool, keep: bool, seconds: float | None,
                  ack_servers: Sequence[str] = ACK_SERVERS, pin: bool | None = None, replies: str = "sender",
-                 rounds: int = 1):
+                 rounds: int = 1, ack_variants: Sequence[tuple[str, str]] = ()):
         from sophon_sms_twilio.sandbox import Sandbox
 
         from sophon_core.testing import free_port
@@ -296,6 +296,8 @@ class Bench:
                 old.unlink()
         self.only = list(only)
         self.ack_servers = tuple(ack_servers)
+        # (environment variable, value): more Sophon FULL servers in the ack section, for A/B runs
+        self.ack_variants = {variant_name(k, v): {k: v} for k, v in ack_variants}
         self.rounds = max(1, rounds)  # the ack and history sections' servers, this many times over, interleaved
         self.wrk, self.wrk_version, self.wrk_threads = wrk, wrk_version, wrk_threads
         self.threads = gunicorn_threads
@@ -511,8 +513,10 @@ class Bench:
                 "--timeout", "30s",
                 "--latency", "-s", str(LUA), self.url, "--", str(path), str(threads)]
         dirty_kb, disk_before = dirty_kib(), disk_counters(self.tmp)
+        cpu_before, idle_before = server_cpu(server), cpu_idle(self.server_cpus)
         run = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=seconds + 180)
         disk_after = disk_counters(self.tmp)
+        cpu_after, idle_after = server_cpu(server), cpu_idle(self.server_cpus)
         found = [line for line in run.stdout.splitlines() if line.startswith("BENCH_JSON ")]
         if run.returncode != 0 or not found:
             raise RuntimeError(f"wrk failed (exit {run.returncode}):\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
@@ -540,14 +544,26 @@ class Bench:
                       mean_ms=round(lat["mean"] / 1000, 2), statuses=dict(statuses), non_2xx=non_2xx,
                       socket_errors=socket_errors, sent=sent, wrk_threads=threads, wrapped=wraps > 0, ok=ok, sent_sids=sent_sids)
         point.extra["dirty_kib_at_start"] = dirty_kb  # written data the kernel still owes the disk
+        # CPU share (of one CPU) of the workers and of the reply sender during the point, and how busy
+        # the servers' CPUs were (pinned): who took the CPU, and how much of it lay idle
+        took = {k: round((cpu_after[k] - cpu_before[k]) / point.seconds, 3) if point.seconds else None
+                for k in cpu_before}
+        if idle_before and idle_after and idle_after[0] > idle_before[0]:
+            took["server_cpus_busy"] = round(1 - (idle_after[1] - idle_before[1]) / (idle_after[0] - idle_before[0]),
+                                             3)
+        point.extra["cpu"] = took
         if disk_before and disk_after and point.requests:  # the stores' disk, during the point
             d = {k: disk_after[k] - disk_before[k] for k in disk_before}
             point.extra["disk"] = {**d, "write_kib_per_request": round(d["write_kib"] / point.requests, 1),
                                    "ms_per_flush": round(d["flush_ms"] / d["flushes"], 2) if d["flushes"] else None}
         what = f"{server.label} {connections} connections"
         if record:
+            share = (f", CPU: workers {took['workers']:.2f}" + (f", sender {took['sender']:.2f}"
+                                                                if server.kind == "sophon" else "")
+                     + (f", server CPUs {100 * took['server_cpus_busy']:.0f}% busy" if "server_cpus_busy" in took
+                        else "") if took["workers"] is not None else "")
             log(f"bench: {what}: {point.rps:.0f} req/s, p50 {point.p50_ms} ms, p99 {point.p99_ms} ms, "
-                f"max {point.max_ms} ms, statuses {dict(statuses)}")
+                f"max {point.max_ms} ms, statuses {dict(statuses)}{share}")
         if wraps:
             self.flag(f"{what}: wrk ran out of pre-signed requests and repeated MessageSids ({wraps} wrap(s))")
         if non_2xx or errors["status"]:
@@ -710,8 +726,10 @@ class Bench:
         return out
 
     def sophon_run(self, label: str, sync: str, workers: int, connections: Sequence[int], *,
-                   agent: str = "default", section: str, prefill: int = 0) -> tuple[list[Point], dict]:
+                   agent: str = "default", section: str, prefill: int = 0,
+                   variant: str | None = None) -> tuple[list[Point], dict]:
         env = self.sophon_env(label, [self.channel("sms", MAIN_NUMBER, agent=agent)], sync)
+        env.update(self.ack_variants.get(variant, {}))
         info: dict = {}
         if prefill:
             info.update(prefill_store(Path(env["SOPHON_DATA_DIR"]) / "sophon.db", prefill, "sms", agent,
@@ -722,7 +740,8 @@ class Bench:
             for c in connections:
                 start = self.outbound_count()
                 point = self.load(srv, self.p.seconds, c)
-                point.extra.update({"sync": sync, "agent": agent, "replies": self.replies,
+                point.extra.update({"sync": sync, "agent": agent, "replies": self.replies, "variant": variant,
+                                    "sender_priority": scheduling(srv.sender_pid()),
                                     # replies still owed when the load stopped (the sender catches up after)
                                     "replies_during_load": self.outbound_count() - start,
                                     "open_jobs_at_end": self.open_jobs(srv)})
@@ -784,12 +803,18 @@ class Bench:
                     run, _ = self.sophon_run(f"sophon-{sync}-w{workers}{tag}", sync, workers,
                                              self.p.ack_connections, section="ack")
                     got.extend(run)
+            for variant in self.ack_variants:
+                for workers in self.p.ack_workers:
+                    run, _ = self.sophon_run(f"sophon-{variant.replace(' ', '-')}-w{workers}{tag}", "FULL", workers,
+                                             self.p.ack_connections, section="ack", variant=variant)
+                    got.extend(run)
             for point in got:
                 point.extra["round"] = r
             points.extend(got)
         by: dict[tuple, list[Point]] = collections.defaultdict(list)
         for p in points:  # a flagged point (e.g. wrk ran out of requests) counts in no ratio
-            key = (p.server if p.server != "sophon" else f"sophon-{p.extra['sync']}", p.workers, p.connections)
+            key = (p.server if p.server != "sophon" else f"sophon-{p.extra.get('variant') or p.extra['sync']}",
+                   p.workers, p.connections)
             by[key].append(p if p.ok else None)
         median = {k: (statistics.median(p.rps for p in v if p), statistics.median(p.p99_ms for p in v if p))
                   for k, v in by.items() if any(v)}
@@ -797,10 +822,10 @@ class Bench:
         for workers in self.p.ack_workers:
             for c in self.p.ack_connections:
                 row: dict = {"workers": workers, "connections": c, "rounds": self.rounds}
-                for sync in ("FULL", "NORMAL"):
+                for sync in ("FULL", "NORMAL", *self.ack_variants):
                     s_key = (f"sophon-{sync}", workers, c)
-                    for ref in ("quickstart", "floor"):
-                        r_key = (ref, workers, c)  # (--ack-servers may leave some out)
+                    for ref in ("quickstart", "floor", *(("FULL",) if sync in self.ack_variants else ())):
+                        r_key = (ref if ref != "FULL" else "sophon-FULL", workers, c)  # (--ack-servers may leave some out)
                         both = s_key in median and r_key in median
                         (s_rps, s_p99), (r_rps, r_p99) = (median[s_key], median[r_key]) if both else ((0, 0), (0, 0))
                         row[f"{sync}_vs_{ref}_rps"] = round(s_rps / r_rps, 3) if both and r_rps else None
@@ -811,7 +836,7 @@ class Bench:
                                                                  if per_round else None)
                 ratios.append(row)
         return {"ok": all(p.ok for p in points), "points": [p.to_json() for p in points], "ratios": ratios,
-                "rounds": self.rounds,
+                "rounds": self.rounds, "variants": self.ack_variants,
                 "medians": [{"server": k[0], "workers": k[1], "connections": k[2], "rps": v[0], "p99_ms": v[1]}
                             for k, v in sorted(median.items())],
                 "note": "Sophon answers every message through its pipeline (default agent, replies POSTed to the "
@@ -1059,6 +1084,55 @@ def mem_gb() -> float:
     return 0.0
 
 
+def variant_name(var: str, value: str) -> str:
+    """The name of an ``--ack-variant`` server: ``FULL`` and the variable, e.g. ``FULL sender_nice=19``."""
+    return f"FULL {var.removeprefix('SOPHON_').lower()}={value}"
+
+
+def scheduling(pid: int | None) -> str | None:
+    """``SCHED_IDLE`` or ``nice +N`` (normal policy) of ``pid``'s threads, as the reply sender set them."""
+    if not pid:
+        return None
+    try:
+        seen = {(os.sched_getscheduler(int(tid)),
+                 int(Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16]))
+                for tid in os.listdir(f"/proc/{pid}/task")}
+    except (OSError, ValueError, IndexError):
+        return None
+    names = sorted("SCHED_IDLE" if policy == os.SCHED_IDLE else f"nice +{nice}" if policy == os.SCHED_OTHER
+                   else f"policy {policy}" for policy, nice in seen)
+    return ", ".join(names)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time of every thread of ``pid`` so far (0 when it is gone)."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_idle(cpus: set[int] | None) -> tuple[int, int] | None:
+    """(all, idle + iowait) jiffies of ``cpus`` (/proc/stat); None without pinning."""
+    if not cpus:
+        return None
+    total = idle = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            v = [int(x) for x in values]
+            total, idle = total + sum(v), idle + v[3] + v[4]
+    return total, idle
+
+
+def server_cpu(server: "Running") -> dict[str, float]:
+    """CPU seconds so far of the server's workers (summed) and of Sophon's reply sender."""
+    return {"workers": sum(cpu_seconds(p) for p in server.worker_pids()), "sender": cpu_seconds(server.sender_pid())}
+
+
 def dirty_kib() -> int | None:
     """Data written to files that the kernel has not yet written to the disk (``Dirty`` and
     ``Writeback`` of /proc/meminfo, KiB): much of it at a point's start means the disk is
@@ -1189,7 +1263,7 @@ def print_table(r: dict) -> None:
         print(f"{'server':<16}{'workers':>8}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
               f"{'non-2xx':>8}{'sock err':>9}  ok  {'replied':>8}{'owed':>7}{'drain s':>8}")
         for p in s["ack"]["points"]:
-            name = p["server"] if p["server"] != "sophon" else f"sophon {p['sync']}"
+            name = p["server"] if p["server"] != "sophon" else f"sophon {p.get('variant') or p['sync']}"
             if s["ack"].get("rounds", 1) > 1:
                 name = f"{name} r{p['round']}"
             owed = (f"{p['replies_during_load']:>8}{p['open_jobs_at_end']:>7}{fmt(p.get('drain_s'), 8, 1)}"
@@ -1221,6 +1295,14 @@ def print_table(r: dict) -> None:
                   f"{fmt(q['FULL_vs_floor_rps'], 11, 2)}{fmt(q['NORMAL_vs_quickstart_rps'], 13, 2)}"
                   f"{fmt(q['NORMAL_vs_floor_rps'], 13, 2)}"
                   + (f"   {spread[0]:.2f} to {spread[1]:.2f}" if spread else ""))
+        for variant in s["ack"].get("variants", {}):
+            print(f"Sophon {variant} (environment {s['ack']['variants'][variant]}), ratios of req/s:")
+            for q in s["ack"]["ratios"]:
+                spread = q.get(f"{variant}_vs_quickstart_rps_range")
+                print(f"  {q['workers']} worker(s), {q['connections']:>3} conns: to the quick-start "
+                      f"{fmt(q.get(f'{variant}_vs_quickstart_rps'), 5, 2)}"
+                      + (f" ({spread[0]:.2f} to {spread[1]:.2f})" if spread else "")
+                      + f", to Sophon FULL {fmt(q.get(f'{variant}_vs_FULL_rps'), 5, 2)}")
     if "slow" in s:
         q = s["slow"]
         print(f"\n2. Ack latency vs agent (Sophon FULL, {q['workers']} workers, {q['connections']} conns; "
@@ -1313,6 +1395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ack-servers", default=",".join(ACK_SERVERS),
                     help=f"servers of the ack section (default all): {','.join(ACK_SERVERS)}; e.g. FULL for "
                          "quick A/B runs of Sophon alone")
+    ap.add_argument("--ack-variant", action="append", default=[], metavar="SOPHON_VAR=VALUE",
+                    help="one more Sophon FULL server in the ack section, with this environment variable set (e.g. "
+                         "SOPHON_SENDER_NICE=idle), interleaved with the others in every round and compared with "
+                         "them; may be repeated")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON results file (default bench/results/latest.json, smoke: bench/results/smoke.json)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per wrk point (overrides the mode)")
@@ -1344,6 +1430,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(ack_servers) - set(ACK_SERVERS):
         ap.error(f"unknown --ack-servers {', '.join(sorted(set(ack_servers) - set(ACK_SERVERS)))}; "
                  f"choose from {', '.join(ACK_SERVERS)}")
+    variants = []
+    for raw in args.ack_variant:
+        var, eq, value = raw.partition("=")
+        if not eq or not var.startswith("SOPHON_") or not var[7:].replace("_", "").isalnum():
+            ap.error(f"--ack-variant takes SOPHON_NAME=VALUE (e.g. SOPHON_SENDER_NICE=19), not {raw!r}")
+        variants.append((var, value))
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
     if args.ack_workers:
         try:
@@ -1363,7 +1455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = Bench(profile, out=out, only=only, wrk=found["wrk"], wrk_version=found["wrk_version"],
                   wrk_threads=args.wrk_threads, gunicorn_threads=args.threads, access_log=args.access_log,
                   keep=args.keep, seconds=args.seconds, ack_servers=ack_servers, pin=args.pin,
-                  replies=args.replies, rounds=args.rounds)
+                  replies=args.replies, rounds=args.rounds, ack_variants=variants)
     try:
         result = bench.run()
     finally:

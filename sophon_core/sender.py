@@ -11,18 +11,16 @@ lost wake-up costs at most ``pipeline.IDLE_POLL``.
 
 Why a process of its own: a worker that also ran the agent and the provider calls
 spent most of its CPU (and the GIL) on them, and acknowledgements waited. The
-sender runs at the lowest CPU priority (``SOPHON_SENDER_NICE``, default ``idle``:
-Linux's ``SCHED_IDLE`` policy for all its threads, which run only when no other
-process wants the CPU): when the CPU is short, webhooks, which Twilio gives up on
-after 15 s, come first, and replies catch up as soon as the burst is over; the
-messages wait in the store meanwhile, durably. ``SCHED_IDLE`` rather than nice +19
-(the default until then, still ``SOPHON_SENDER_NICE=19``): at nice +19 the sender
-took 13 to 17% of a busy webhook CPU, at ``SCHED_IDLE`` 9 to 11% (the CPU time the
-webhooks left idle, waiting for the disk), and the webhooks went 8 to 11% faster
-(bench/run; README, Performance). The price: against another process that keeps
-every CPU busy (a local model, a build), a ``SCHED_IDLE`` sender gets about a third
-of a nice-19 one's small share, and while it holds the store's write lock the
-webhooks wait for it; on such a host set ``SOPHON_SENDER_NICE`` to a number.
+sender runs at the lowest CPU priority (``SOPHON_SENDER_NICE``, default 19): when the
+CPU is short, webhooks, which Twilio gives up on after 15 s, come first, and replies
+catch up as soon as the burst is over; the messages wait in the store meanwhile,
+durably. ``SOPHON_SENDER_NICE=idle`` puts its threads under Linux's ``SCHED_IDLE``
+instead (they run only when no other process wants the CPU). Measured with
+bench/run (interleaved rounds, 1 worker): the webhooks' median req/s 1 to 4% higher, half as
+many replies sent while the load lasts. Not the default: against another process
+that keeps every CPU busy (a local model, a build) a ``SCHED_IDLE`` sender gets
+about a third of a nice-19 one's small share, and while it holds the store's write
+lock the webhooks wait for it.
 A hung or CPU-hungry agent never slows the webhooks either.
 
 The process holds an exclusive lock on ``SOPHON_DATA_DIR/sender.lock`` while it runs
@@ -51,7 +49,7 @@ from pathlib import Path
 log = logging.getLogger("sophon.sender")
 
 LOCK_NAME = "sender.lock"
-DEFAULT_NICE = "idle"  # SCHED_IDLE: the sender gets the CPU time the webhooks leave (see above)
+DEFAULT_NICE = "19"  # the lowest nice value: the sender gets what the webhooks leave (see above)
 STOP_TIMEOUT = 20.0  # seconds jobs in hand get to finish on SIGTERM (gunicorn's graceful timeout)
 
 _notify_sock: socket.socket | None = None
@@ -159,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sophon_core.sender", description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None,
                     help="runner threads (default SOPHON_PIPELINE_THREADS x SOPHON_WORKERS)")
-    ap.add_argument("--nice", default=None, help=f"CPU priority: idle (SCHED_IDLE) or 0 to 19, the niceness to add "
-                    f"(default SOPHON_SENDER_NICE or {DEFAULT_NICE}; 0 keeps the parent's)")
+    ap.add_argument("--nice", default=None, help=f"CPU priority: 0 to 19, the niceness to add, or idle "
+                    f"(SCHED_IDLE) (default SOPHON_SENDER_NICE or {DEFAULT_NICE}; 0 keeps the parent's)")
     args = ap.parse_args(argv)
     built: list = []
     logs.configure(lambda: secrets_of(built[0]) if built else [])

@@ -37,9 +37,9 @@ class Settings:
         ``workers`` (default: in every gunicorn worker, next to the webhooks) or ``sender``
         (in one reply-sender process, ``sophon_core/sender.py``, which ``sophon serve``
         starts and sets this for; the workers then only store and acknowledge).
-    :param sender_nice: ``SOPHON_SENDER_NICE``: the reply sender's CPU priority: ``idle``
-        (default: Linux's ``SCHED_IDLE``, it runs only when no other process wants the CPU)
-        or ``0`` to ``19``, how much to raise its nice value (normal scheduling).
+    :param sender_nice: ``SOPHON_SENDER_NICE``: the reply sender's CPU priority: ``0`` to
+        ``19``, how much to raise its nice value (default 19), or ``idle`` (Linux's
+        ``SCHED_IDLE``: it runs only when no other process wants the CPU).
     :param env: the whole environment, for plugins' own variables
         (e.g. a provider API URL override).
     """
@@ -57,7 +57,7 @@ class Settings:
     media_url_ttl: float = 600.0
     media_retention_days: float = 30.0
     replies: str = "workers"
-    sender_nice: str = "idle"
+    sender_nice: str = "19"
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -97,12 +97,12 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def sender_nice(raw: str | None, name: str = "SOPHON_SENDER_NICE") -> str:
-    """``idle`` or a nice increment ``0`` to ``19`` (as a string); unset or empty: ``idle``."""
-    value = (raw or "idle").strip().lower()
+    """A nice increment ``0`` to ``19`` (as a string) or ``idle``; unset or empty: ``19``."""
+    value = (raw or "19").strip().lower()
     if value == "idle" or (value.isdigit() and int(value) <= 19):
         return value if value == "idle" else str(int(value))
-    raise ValueError(f"{name}={raw!r} must be idle (the default: the reply sender runs only on CPU time "
-                     "nothing else wants) or a whole number from 0 to 19 (how much lower its nice value is)")
+    raise ValueError(f"{name}={raw!r} must be a whole number from 0 to 19 (how much lower the reply sender's CPU "
+                     "priority is, added to its nice value; default 19) or idle (it runs only on CPU time nothing else wants)")
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import sys
+
+import pytest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -46,3 +48,22 @@ def test_sophon_serve_runs_the_same_gunicorn_command_line_as_the_reference_apps(
     serve = sophon_serve_command(9999, 2, 16, access_log=False)
     assert serve[-8:] == ["serve", "--bind", "127.0.0.1:9999", "--workers", "2", "--threads", "16",
                           "--no-access-log"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--ack-variant", "SENDER_NICE=19"], "--ack-variant takes SOPHON_NAME=VALUE"),
+    (["--ack-variant", "SOPHON_SENDER_NICE"], "--ack-variant takes SOPHON_NAME=VALUE"),
+    (["--ack-workers", "0"], "--ack-workers takes worker counts"),
+    (["--ack-workers", "one"], "--ack-workers takes worker counts"),
+])
+def test_bad_bench_options_say_what_to_write_before_anything_runs(args, says, capsys, monkeypatch):
+    import sophon_bench
+
+    def never(*_):
+        raise AssertionError("the bench went on to install its tools")
+
+    monkeypatch.setattr(sophon_bench.tools, "ensure_all", never)
+    with pytest.raises(SystemExit) as exited:
+        sophon_bench.main(args)
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err

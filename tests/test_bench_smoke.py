@@ -93,6 +93,13 @@ def test_bench_smoke_is_correct(tmp_path):
         ("floor", None), ("quickstart", None), ("sophon", "FULL"), ("sophon", "NORMAL")}
     for p in ack["points"]:
         check_point(p)
+        # who used the servers' CPU during the point: the workers always, the reply sender only for Sophon
+        assert p["cpu"]["workers"] > 0, p
+        assert p["cpu"]["sender"] >= 0 if p["server"] == "sophon" else p["cpu"]["sender"] == 0, p
+        if len(os.sched_getaffinity(0)) >= 2:
+            assert 0 < p["cpu"]["server_cpus_busy"] <= 1, p
+    assert data["settings"]["sophon_env"]["SOPHON_SENDER_NICE"] == os.environ.get("SOPHON_SENDER_NICE",
+                                                                                  "19 (default)")
     for row in ack["ratios"]:
         for key in ("FULL_vs_quickstart_rps", "FULL_vs_floor_rps", "NORMAL_vs_quickstart_rps", "NORMAL_vs_floor_rps"):
             assert number(row[key]) and row[key] > 0, key
@@ -155,7 +162,7 @@ def test_bench_rounds_interleave_the_servers_and_compare_medians(tmp_path):
     out = tmp_path / "rounds.json"
     venv = Path(sys.prefix)
     args = ["--smoke", "--only", "ack,history", "--rounds", "2", "--ack-servers", "quickstart,FULL",
-            "--out", str(out)]
+            "--ack-variant", "SOPHON_SENDER_NICE=idle", "--out", str(out)]
     cmd = ([str(RUN), *args] if (venv / ".installed").exists()
            else [sys.executable, str(REPO / "bench" / "sophon_bench.py"), *args])
     run = subprocess.run(cmd, env={**os.environ, "SOPHON_VENV": str(venv)}, check=False, capture_output=True,
@@ -164,12 +171,23 @@ def test_bench_rounds_interleave_the_servers_and_compare_medians(tmp_path):
     data = json.loads(out.read_text())
     ack = data["sections"]["ack"]
     assert data["settings"]["ack_rounds"] == ack["rounds"] == 2
-    order = [(p["server"], p["round"]) for p in ack["points"]]
-    assert order == [("quickstart", 1), ("sophon", 1), ("quickstart", 2), ("sophon", 2)], order
+    order = [(p["server"], p.get("variant"), p["round"]) for p in ack["points"]]
+    variant = "FULL sender_nice=idle"
+    assert order == [("quickstart", None, 1), ("sophon", None, 1), ("sophon", variant, 1),
+                     ("quickstart", None, 2), ("sophon", None, 2), ("sophon", variant, 2)], order
     for p in ack["points"]:
         check_point(p)
-    rps = {server: [p["rps"] for p in ack["points"] if p["server"] == server] for server in ("quickstart", "sophon")}
+    # the variant's environment reached its server: its reply sender ran under SCHED_IDLE, the default one at +19
+    assert {p["sender_priority"] for p in ack["points"] if p["server"] == "sophon" and not p["variant"]} == {
+        "nice +19"}
+    assert {p["sender_priority"] for p in ack["points"] if p.get("variant")} == {"SCHED_IDLE"}
+    by = {v: [p["rps"] for p in ack["points"] if p["server"] == "sophon" and p["variant"] == v] for v in (None, variant)}
     (row,) = ack["ratios"]
+    assert row[f"{variant}_vs_FULL_rps"] == pytest.approx(statistics.median(by[variant]) / statistics.median(by[None]),
+                                                          abs=0.001)
+    assert "Sophon FULL sender_nice=idle" in run.stdout
+    rps = {server: [p["rps"] for p in ack["points"] if p["server"] == server and not p.get("variant")]
+           for server in ("quickstart", "sophon")}
     expected = statistics.median(rps["sophon"]) / statistics.median(rps["quickstart"])
     assert row["FULL_vs_quickstart_rps"] == pytest.approx(expected, abs=0.001)
     low, high = row["FULL_vs_quickstart_rps_range"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from dummy_channel import dummy_channel, wait_sent
+from store_spies import run_threads, spy_batches
 from sophon_core import pipeline as pipeline_mod
 from sophon_core import sender
 from sophon_core.models import InboundMessage
@@ -228,7 +229,6 @@ def test_sender_mode_wakes_the_sender_once_per_group_commit_after_its_jobs_are_c
     connection of our own, the moment the datagram is sent)."""
     import sqlite3
 
-    from test_store_batch import run_threads, spy_batches
 
     rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
     listener = wake_socket(rt.settings.data_dir)
@@ -391,9 +391,9 @@ def test_second_real_sender_refuses_and_sigterm_stops_the_first(tmp_path, sender
         stop(again)
 
 
-@pytest.mark.parametrize("raw, expected", [(None, "idle"), ("", "idle"), (" IDLE ", "idle"), ("0", "0"),
+@pytest.mark.parametrize("raw, expected", [(None, "19"), ("", "19"), (" IDLE ", "idle"), ("0", "0"),
                                            ("19", "19"), (" 07 ", "7")])
-def test_sender_nice_is_idle_by_default_or_a_nice_increment(raw, expected):
+def test_sender_nice_is_19_by_default_a_nice_increment_or_idle(raw, expected):
     env = {} if raw is None else {"SOPHON_SENDER_NICE": raw}
     assert Settings.from_env(env).sender_nice == expected
 
@@ -403,7 +403,7 @@ def test_a_bad_sender_nice_says_what_to_write(raw):
     with pytest.raises(ValueError) as err:
         Settings.from_env({"SOPHON_SENDER_NICE": raw})
     assert f"SOPHON_SENDER_NICE={raw!r}" in str(err.value)
-    assert "idle" in str(err.value) and "0 to 19" in str(err.value)
+    assert "idle" in str(err.value) and "0 to 19" in str(err.value) and "default 19" in str(err.value)
 
 
 THREAD_PRIORITY = ("import os, sys, threading\n"
@@ -429,7 +429,7 @@ def test_lower_priority_reaches_the_threads_started_after_it(nice, applied, poli
 
 
 def test_a_real_sender_runs_its_threads_under_sched_idle_and_refuses_a_bad_nice(tmp_path, sender_env):
-    proc = start_sender(sender_env, tmp_path / "idle.log")
+    proc = start_sender({**sender_env, "SOPHON_SENDER_NICE": "idle"}, tmp_path / "idle.log")
     try:
         line = wait_for_log(proc, tmp_path / "idle.log", "reply sender up")
         assert "SCHED_IDLE" in line
@@ -441,7 +441,7 @@ def test_a_real_sender_runs_its_threads_under_sched_idle_and_refuses_a_bad_nice(
     bad = subprocess.run([sys.executable, "-m", "sophon_core.sender", "--nice", "20"], env=sender_env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
-    assert "--nice='20' must be idle" in bad.stderr and "reply sender up" not in bad.stderr
+    assert "--nice='20' must be a whole number from 0 to 19" in bad.stderr and "reply sender up" not in bad.stderr
 
 
 def test_sender_stops_when_the_process_that_started_it_is_gone(tmp_path, sender_env):

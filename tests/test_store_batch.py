@@ -17,7 +17,7 @@ from sophon_core import store as store_mod
 from sophon_core.models import Attachment, DroppedAttachment, InboundMessage
 from sophon_core.store import AUTO_CHECKPOINT_PAGES, Store, message_json
 
-JOIN = 20.0  # seconds any thread of a test may take before it counts as hung
+from store_spies import JOIN, FsyncLog, run_threads, spy_batches
 
 
 def msg(mid, channel="c1", text="hi", sender="+1555", **kw):
@@ -42,44 +42,6 @@ def usage_of(store, channel):
     got = {k: v for k, v in store.usage().items() if k[0] == channel}
     assert len(got) <= 1, got  # a test runs well within one day (bar a midnight crossing)
     return next(iter(got.values()), {})
-
-
-def run_threads(targets):
-    """Start a thread per callable (all released at once); :return: {i: ("ok", value) | ("error", exc)}."""
-    results: dict[int, tuple] = {}
-    gate = threading.Barrier(len(targets))
-
-    def run(i, fn):
-        gate.wait(JOIN)
-        try:
-            results[i] = ("ok", fn())
-        except Exception as exc:
-            results[i] = ("error", exc)
-
-    threads = [threading.Thread(target=run, args=(i, fn), daemon=True) for i, fn in enumerate(targets)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + JOIN
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    hung = [t.name for t in threads if t.is_alive()]
-    assert not hung, f"accept_inbound never returned in {len(hung)} thread(s)"
-    return results
-
-
-def spy_batches(store, monkeypatch, delay=0.0):
-    """Record each batch's provider ids (and optionally slow each commit down)."""
-    batches: list[list[str]] = []
-    real = store._commit_batch
-
-    def commit(batch):
-        batches.append([item.args[0].provider_message_id for item in batch])
-        if delay:
-            time.sleep(delay)
-        return real(batch)
-
-    monkeypatch.setattr(store, "_commit_batch", commit)
-    return batches
 
 
 def wait_for(cond, timeout=JOIN, what="condition"):
@@ -472,7 +434,6 @@ def test_each_follower_is_woken_exactly_once(tmp_path, monkeypatch):
 
 def test_one_batch_per_process_is_in_flight_from_its_commit_to_the_end_of_its_fsync(tmp_path, monkeypatch):
     """The next batch is committed only once the previous one's fsync ended (it grows meanwhile)."""
-    from test_store_sync import FsyncLog
 
     store = Store(tmp_path / "s.db")
     log = FsyncLog(monkeypatch)  # each fdatasync sleeps a little, so that accepts pile up during it

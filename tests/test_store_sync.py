@@ -12,6 +12,7 @@ import falcon.testing
 import pytest
 
 from dummy_channel import dummy_channel, wait_sent
+from store_spies import FsyncLog
 from sophon_core import store as store_mod
 from sophon_core.app import create_app
 from sophon_core.models import InboundMessage
@@ -110,30 +111,6 @@ def test_a_relaxed_thread_still_fsyncs_acknowledgements_and_consent(tmp_path):
     runs = in_thread(work)
     assert runs == {"accept": True, "consent": True, "opt_out": True, "status": True, "count": False}
     assert in_thread(lambda: store._conn().execute("PRAGMA synchronous").fetchone()[0]) == NORMAL  # see below
-
-
-class FsyncLog:
-    """os.fdatasync (how the store syncs its log) as seen by the store: an event list ("begin", i) / ("end", i) / ("fail", i),
-    with a short sleep in each fsync so that commits and waits overlap it."""
-
-    def __init__(self, monkeypatch, fail=lambda: False):
-        self.events, self.lock, self.fail = [], threading.Lock(), fail
-        self.real = os.fdatasync
-        monkeypatch.setattr(store_mod.os, "fdatasync", self)
-
-    def add(self, *event) -> int:
-        with self.lock:
-            self.events.append(event)
-            return len(self.events) - 1
-
-    def __call__(self, fd):
-        i = self.add("begin", None)
-        time.sleep(0.003)
-        if self.fail():
-            self.add("fail", i)
-            raise OSError(5, "Input/output error")
-        self.real(fd)
-        self.add("end", i)
 
 
 def test_an_acknowledgement_returns_only_after_an_fsync_that_began_after_its_commit(tmp_path, monkeypatch):
