@@ -8,11 +8,12 @@ into the venv with pip when missing (benchmark only).
 
     .venv/bin/python bench/profile_ack.py [--agent default|slow20] [--sync FULL|NORMAL]
         [--workers 1] [--connections 16] [--threads 16] [--seconds 15] [--prefill 100000] [--idle | --gil]
-        [--no-pin]
+        [--no-pin] [--sender]
 
 ``--idle`` samples waiting threads too (wall clock: lock and fsync waits show up);
 without it only threads py-spy sees running are sampled (threads waiting for the
 GIL count as running); ``--gil`` keeps only the thread holding the GIL.
+``--sender`` records the reply sender process too (its own summary).
 """
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--threads", type=int, default=sb.DEFAULT_THREADS,
                     help="gunicorn threads per worker (as bench/run --threads)")
+    ap.add_argument("--sender", action="store_true", help="record the reply sender process too")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
                     help="CPU pinning as bench/run (default: on with 2 CPUs or more)")
@@ -112,7 +114,8 @@ def main() -> int:
             bench.warmup(srv, drain=args.agent == "default")
             raws = []
             spies = []
-            for pid in srv.worker_pids():
+            pids = srv.worker_pids() + ([srv.sender_pid()] if args.sender and srv.sender_pid() else [])
+            for pid in pids:
                 raw = args.out / f"{name}-{pid}.txt"
                 cmd = [py_spy, "record", "--pid", str(pid), "--duration", str(args.seconds), "--rate",
                        str(args.rate), "--format", "raw", "--threads", "--nonblocking", "-o", str(raw)]

@@ -1146,16 +1146,17 @@ def dirty_kib() -> int | None:
 
 
 def disk_counters(path: Path) -> dict[str, int] | None:
-    """Write counters of the disk holding ``path`` (/proc/diskstats): writes, KiB written,
+    """Counters of the disk holding ``path`` (/proc/diskstats): writes, KiB written,
     milliseconds spent writing, cache flushes (each fdatasync and fsync ends in one) and the
-    milliseconds they took. None where the kernel does not say (no such line, old kernel)."""
+    milliseconds they took, and the reads (a store whose pages stay in the page cache reads
+    next to nothing). None where the kernel does not say (no such line, old kernel)."""
     try:
         dev = os.stat(path).st_dev
         for line in Path("/proc/diskstats").read_text().splitlines():
             f = line.split()
             if (int(f[0]), int(f[1])) == (os.major(dev), os.minor(dev)) and len(f) >= 20:
                 return {"writes": int(f[7]), "write_kib": int(f[9]) // 2, "write_ms": int(f[10]),
-                        "flushes": int(f[18]), "flush_ms": int(f[19])}
+                        "flushes": int(f[18]), "flush_ms": int(f[19]), "reads": int(f[3]), "read_kib": int(f[5]) // 2}
     except (OSError, ValueError):
         pass
     return None

@@ -96,6 +96,11 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sender_checked_at = -SENDER_CHECK_EVERY
+        # webhook worker (SOPHON_REPLIES=sender): where its last CPU report to the sender began
+        self._load_at, self._load_cpu = time.monotonic(), time.process_time()
+        # reply sender: no new job is claimed before this (time.monotonic()) while it yields to
+        # busy webhooks (set by its listening thread from sender.LoadGate)
+        self.hold_until = 0.0
         if runtime.settings.replies == "sender":
             # one wake-up of the reply sender per group commit that queued a job (Store._lead)
             runtime.store.on_queued = self._notify_sender
@@ -160,10 +165,16 @@ class Pipeline:
         return queued
 
     def _notify_sender(self) -> None:
-        """Wake the reply sender (``SOPHON_REPLIES=sender``); say so now and then if none runs."""
+        """Wake the reply sender (``SOPHON_REPLIES=sender``), with this worker's CPU share
+        since the last report every ``sender.LOAD_WINDOW`` or more (for its ``LoadGate``);
+        say so now and then if no sender runs."""
         data_dir = self.runtime.settings.data_dir
-        sender.notify(data_dir)
-        now = time.monotonic()
+        now, share = time.monotonic(), None
+        if now - self._load_at >= sender.LOAD_WINDOW:
+            cpu = time.process_time()
+            share = max(0.0, cpu - self._load_cpu) / (now - self._load_at)
+            self._load_at, self._load_cpu = now, cpu
+        sender.notify(data_dir, share)
         if now - self._sender_checked_at >= SENDER_CHECK_EVERY:
             self._sender_checked_at = now
             if not sender.running(data_dir):
@@ -221,6 +232,10 @@ class Pipeline:
             try:
                 store.relax_this_thread()  # reply bookkeeping: no fsync per commit (see the module docstring)
                 self.runtime.reload_if_changed()
+                held = self.hold_until - time.monotonic()
+                if held > 0:  # the reply sender yields to busy webhooks (sender.LoadGate)
+                    self._stop.wait(held)
+                    continue
                 job = store.claim(self.owner, lease)
                 if job is None:
                     with self._wake:

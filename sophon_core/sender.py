@@ -23,6 +23,17 @@ about a third of a nice-19 one's small share, and while it holds the store's wri
 lock the webhooks wait for it.
 A hung or CPU-hungry agent never slows the webhooks either.
 
+Nice alone does not keep the sender out of the webhooks' way under a saturating load:
+its commits take the store's write lock, a webhook batch then waits for a sender the
+scheduler barely runs, and the worker's idle moments go to the sender (measured: 12 to
+14% of the CPU, the webhooks 8 to 17% fewer requests/s). So it also yields
+(``SOPHON_SENDER_YIELD``, default on): each webhook worker reports the CPU share it used
+over the last ``LOAD_WINDOW`` in its wake-ups, and while the workers together use
+``BUSY_SHARE`` or more of the CPUs the sender may run on, it starts no new reply
+(``LoadGate``); replies already under way finish. It yields ``MAX_HOLD`` seconds at most
+in one go, then answers for ``FREE_AFTER`` seconds whatever the load, so that a load that
+never ends cannot stop replies altogether.
+
 The process holds an exclusive lock on ``SOPHON_DATA_DIR/sender.lock`` while it runs
 (``running`` checks it; ``/healthz`` reports it), so a second sender for the same
 data folder refuses to start. It stops on SIGTERM or SIGINT (jobs in hand finish,
@@ -45,12 +56,22 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger("sophon.sender")
 
 LOCK_NAME = "sender.lock"
 DEFAULT_NICE = "19"  # the lowest nice value: the sender gets what the webhooks leave (see above)
 STOP_TIMEOUT = 20.0  # seconds jobs in hand get to finish on SIGTERM (gunicorn's graceful timeout)
+
+# Yielding to the webhooks (see the module docstring and LoadGate).
+LOAD_WINDOW = 0.2  # seconds: a webhook worker reports the CPU share it used over at least this long
+BUSY_SHARE = 0.75  # the workers' CPU use, as a share of the CPUs the sender may use, from which it yields
+HOLD = 0.5  # seconds one busy report holds new replies back (a busy worker reports every LOAD_WINDOW)
+STALE = 1.0  # seconds after which a worker's report no longer counts (it went quiet: no more webhooks)
+MAX_HOLD = 10.0  # seconds the sender yields at most in one go ...
+FREE_AFTER = 2.0  # ... before it answers for this long whatever the load
+YIELD_LOG_EVERY = 60.0  # seconds between the log lines that count the sender's yields
 
 _notify_sock: socket.socket | None = None
 _notify_pid = 0
@@ -63,21 +84,75 @@ def wake_address(data_dir: Path) -> str:
     return f"\0sophon-sender-{digest}"
 
 
-def notify(data_dir: Path) -> None:
+def notify(data_dir: Path, cpu_share: float | None = None) -> None:
     """Wake the sender of ``data_dir`` (from a webhook worker, after it queued a job).
+
+    :param cpu_share: the CPU this worker used over its last ``LOAD_WINDOW`` or more
+        (1.0: one CPU all the time), for the sender's ``LoadGate``.
 
     Never blocks and never fails: with no sender listening, or its queue full, the
     datagram is dropped and the sender finds the job at its next poll.
     """
+    payload = b"!" if cpu_share is None else f"load {os.getpid()} {cpu_share:.3f}".encode()
     global _notify_sock, _notify_pid
     try:
         if _notify_sock is None or _notify_pid != os.getpid():
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             sock.setblocking(False)
             _notify_sock, _notify_pid = sock, os.getpid()
-        _notify_sock.sendto(b"!", wake_address(data_dir))
+        _notify_sock.sendto(payload, wake_address(data_dir))
     except OSError:
         pass
+
+
+def usable_cpus() -> float:
+    """How many CPUs this process may use: its CPU affinity, or the CPU quota of its
+    cgroup (``cpu.max``, a container's limit) where that is lower."""
+    try:
+        cpus = float(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cpus = float(os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return max(cpus, 0.01)
+
+
+class LoadGate:
+    """When the reply sender yields to the webhooks: from the workers' CPU reports
+    (``notify``), while they together use ``BUSY_SHARE`` of ``cpus`` or more, new replies
+    wait until ``hold_until`` (a ``clock`` time), at most ``MAX_HOLD`` seconds in one go,
+    then none for ``FREE_AFTER`` seconds. Used by the sender's one listening thread."""
+
+    def __init__(self, cpus: float, clock: Callable[[], float] = time.monotonic):
+        self.cpus, self.clock = cpus, clock
+        self.hold_until = 0.0
+        self.share = 0.0  # the workers' CPU use at the last report, in CPUs
+        self.holds = 0  # holds begun
+        self.held = 0.0  # seconds held in all
+        self._reports: dict[int, tuple[float, float]] = {}  # worker pid -> (CPU share, when)
+        self._held_since = 0.0
+        self._free_until = 0.0
+
+    def report(self, pid: int, share: float) -> None:
+        now = self.clock()
+        self._reports[pid] = (share, now)
+        for gone in [p for p, (_, at) in self._reports.items() if now - at > STALE]:
+            del self._reports[gone]
+        self.share = sum(s for s, _ in self._reports.values())
+        if self.share < BUSY_SHARE * self.cpus or now < self._free_until:
+            return
+        if self.hold_until <= now:  # a new hold
+            self._held_since = now
+            self.holds += 1
+        elif now - self._held_since >= MAX_HOLD:  # long enough: let this one run out, then answer
+            self._free_until = self.hold_until + FREE_AFTER
+            return
+        self.held += now + HOLD - max(self.hold_until, now)
+        self.hold_until = now + HOLD
 
 
 def running(data_dir: Path) -> bool:
@@ -135,7 +210,7 @@ def lower_priority(nice: str) -> str:
     return f"nice +{int(nice)}"
 
 
-def _listen(sock: socket.socket, pipeline, stop: threading.Event) -> None:
+def _listen(sock: socket.socket, pipeline, stop: threading.Event, gate: LoadGate | None) -> None:
     while not stop.is_set():
         try:
             data = sock.recv(4096)
@@ -143,6 +218,13 @@ def _listen(sock: socket.socket, pipeline, stop: threading.Event) -> None:
             if stop.is_set():
                 return
             continue
+        if gate is not None and data.startswith(b"load "):
+            try:
+                _, pid, share = data.split()
+                gate.report(int(pid), float(share))
+            except ValueError:
+                pass
+            pipeline.hold_until = gate.hold_until
         if data:
             pipeline.wake()
 
@@ -187,13 +269,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     built.append(runtime)
     runtime.pipeline.start()
-    threading.Thread(target=_listen, args=(sock, runtime.pipeline, stop), name="sophon-sender-wake",
+    gate = LoadGate(usable_cpus()) if settings.sender_yield else None
+    threading.Thread(target=_listen, args=(sock, runtime.pipeline, stop, gate), name="sophon-sender-wake",
                      daemon=True).start()
-    log.info("reply sender up: %d runner thread(s), %s, store %s", threads, priority, settings.data_dir)
+    log.info("reply sender up: %d runner thread(s), %s, %s, store %s", threads, priority,
+             f"yields to busy webhooks ({BUSY_SHARE:.0%} of {gate.cpus:g} CPU(s))" if gate else "never yields",
+             settings.data_dir)
+    said = (0, -YIELD_LOG_EVERY)
     while not stop.wait(1.0):
         if os.getppid() != parent:
             log.warning("the process that started the reply sender is gone; stopping")
             break
+        if gate is not None and gate.holds != said[0] and time.monotonic() >= said[1] + YIELD_LOG_EVERY:
+            log.info("yielded to the webhooks %d time(s) so far, %.1f s in all: no new reply started while "
+                     "the webhook workers used %.0f%% or more of %g CPU(s) (SOPHON_SENDER_YIELD)",
+                     gate.holds, gate.held, 100 * BUSY_SHARE, gate.cpus)
+            said = (gate.holds, time.monotonic())
     runtime.pipeline.shutdown(wait=True, timeout=STOP_TIMEOUT)
     sock.close()
     os.close(lock_fd)

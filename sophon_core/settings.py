@@ -40,6 +40,9 @@ class Settings:
     :param sender_nice: ``SOPHON_SENDER_NICE``: the reply sender's CPU priority: ``0`` to
         ``19``, how much to raise its nice value (default 19), or ``idle`` (Linux's
         ``SCHED_IDLE``: it runs only when no other process wants the CPU).
+    :param sender_yield: ``SOPHON_SENDER_YIELD``: ``on`` (default): the reply sender starts
+        no new reply while the webhook workers keep the CPUs busy (``sender.LoadGate``);
+        ``off``: it answers whatever the load, at its CPU priority.
     :param env: the whole environment, for plugins' own variables
         (e.g. a provider API URL override).
     """
@@ -58,6 +61,7 @@ class Settings:
     media_retention_days: float = 30.0
     replies: str = "workers"
     sender_nice: str = "19"
+    sender_yield: bool = True
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -79,6 +83,7 @@ class Settings:
             media_retention_days=_number(env, "SOPHON_MEDIA_RETENTION_DAYS", 30.0),
             replies=_choice(env, "SOPHON_REPLIES", ("WORKERS", "SENDER")).lower(),
             sender_nice=sender_nice(env.get("SOPHON_SENDER_NICE")),
+            sender_yield=_choice(env, "SOPHON_SENDER_YIELD", ("ON", "OFF")) == "ON",
             env=env,
         )
 

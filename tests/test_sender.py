@@ -180,7 +180,14 @@ def message(mid="m1", text="hello"):
     return InboundMessage("d1", mid, "dummy:alice", "dummy:bob", text)
 
 
-def test_sender_mode_pipeline_stores_wakes_and_runs_no_runner_threads(make_runtime, sent, wake_socket, caplog):
+@pytest.fixture
+def no_cpu_reports(monkeypatch):
+    """Webhook workers' wake-ups without a CPU share in them (it comes once per LOAD_WINDOW)."""
+    monkeypatch.setattr(sender, "LOAD_WINDOW", 1e9)
+
+
+def test_sender_mode_pipeline_stores_wakes_and_runs_no_runner_threads(make_runtime, sent, wake_socket, caplog,
+                                                                      no_cpu_reports):
     before = threading.enumerate()
     rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
     assert rt.settings.replies == "sender"
@@ -211,7 +218,8 @@ def test_sender_mode_pipeline_stores_wakes_and_runs_no_runner_threads(make_runti
     assert job_states_become(rt.store, {"done": 1}) == {"done": 1}
 
 
-def test_sender_mode_says_nothing_when_a_sender_holds_the_lock(make_runtime, wake_socket, caplog, tmp_path):
+def test_sender_mode_says_nothing_when_a_sender_holds_the_lock(make_runtime, wake_socket, caplog, tmp_path,
+                                                               no_cpu_reports):
     rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
     listener = wake_socket(rt.settings.data_dir)
     listener.settimeout(5)
@@ -223,7 +231,7 @@ def test_sender_mode_says_nothing_when_a_sender_holds_the_lock(make_runtime, wak
 
 
 def test_sender_mode_wakes_the_sender_once_per_group_commit_after_its_jobs_are_committed(
-        make_runtime, wake_socket, monkeypatch):
+        make_runtime, wake_socket, monkeypatch, no_cpu_reports):
     """Concurrent webhooks of one worker are stored in batches (Store._lead): each batch that
     queued a job sends one wake-up, and only once its jobs can be claimed (read here, on a
     connection of our own, the moment the datagram is sent)."""
@@ -237,13 +245,13 @@ def test_sender_mode_wakes_the_sender_once_per_group_commit_after_its_jobs_are_c
     seen: list[set[int]] = []  # the jobs visible at each wake-up
     real_notify = sender.notify
 
-    def notify(data_dir):
+    def notify(data_dir, cpu_share=None):
         db = sqlite3.connect(rt.store.path)
         try:
             seen.append({row[0] for row in db.execute("SELECT inbound_id FROM jobs")})
         finally:
             db.close()
-        real_notify(data_dir)
+        real_notify(data_dir, cpu_share)
 
     monkeypatch.setattr(pipeline_mod.sender, "notify", notify)
     n = 24
@@ -497,3 +505,167 @@ def test_a_job_for_a_channel_activated_a_moment_ago_elsewhere_is_answered(make_r
     (reply,) = wait_sent(1)
     assert reply == ("d1", "dummy:alice", 'Sophon default agent. You said: "hello"')
     assert job_states_become(rt.store, {"done": 1}) == {"done": 1}
+
+
+# --- yielding to busy webhooks (SOPHON_SENDER_YIELD, sender.LoadGate) ------------------------------
+
+class Clock:
+    """A clock the test moves by hand (``LoadGate`` takes its clock as an argument)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_notify_carries_a_workers_cpu_share(tmp_path, wake_socket):
+    data = tmp_path / "data"
+    listener = wake_socket(data)
+    listener.settimeout(5)
+    sender.notify(data, 0.8768)
+    assert listener.recv(64) == f"load {os.getpid()} 0.877".encode()
+
+
+def test_the_gate_holds_new_replies_back_while_the_workers_use_most_of_the_cpus():
+    clock = Clock()
+    gate = sender.LoadGate(cpus=2.0, clock=clock)
+    gate.report(101, 1.0)  # one worker, one of two CPUs: the sender has the other
+    assert gate.hold_until == 0.0 and gate.holds == 0
+    gate.report(102, 0.49)  # two workers, 1.49 of 2 CPUs: under 75%
+    assert gate.hold_until == 0.0
+    gate.report(102, 0.5)  # 1.5 of 2 CPUs
+    assert gate.share == pytest.approx(1.5)
+    assert gate.hold_until == clock.now + sender.HOLD and gate.holds == 1
+    clock.now += 0.2
+    gate.report(101, 1.02)  # still busy (1.52 CPUs): the hold goes on (the same hold)
+    assert gate.hold_until == clock.now + sender.HOLD and gate.holds == 1
+    assert gate.held == pytest.approx(0.2 + sender.HOLD)
+    clock.now += 0.2
+    gate.report(101, 0.2)  # no longer busy: the hold runs out by itself
+    assert gate.hold_until == clock.now - 0.2 + sender.HOLD and gate.holds == 1
+
+
+def test_the_gate_forgets_workers_that_went_quiet():
+    clock = Clock()
+    gate = sender.LoadGate(cpus=1.0, clock=clock)
+    gate.report(101, 0.5)
+    clock.now += sender.STALE + 0.1  # 101 reports no more (no more webhooks)
+    gate.report(102, 0.5)
+    assert gate.share == pytest.approx(0.5) and gate.hold_until == 0.0
+    gate.report(101, 0.3)
+    assert gate.share == pytest.approx(0.8) and gate.hold_until == clock.now + sender.HOLD
+
+
+def test_the_gate_never_holds_longer_than_max_hold_in_one_go():
+    """A load that never ends: the sender yields MAX_HOLD seconds, answers for FREE_AFTER, yields again."""
+    clock = Clock()
+    gate = sender.LoadGate(cpus=1.0, clock=clock)
+    start, step = clock.now, 0.1
+    free_at = []  # report times at which new replies may start
+    while clock.now < start + 2 * (sender.MAX_HOLD + sender.FREE_AFTER + sender.HOLD):
+        gate.report(101, 0.99)
+        if gate.hold_until <= clock.now:
+            free_at.append(clock.now)
+        clock.now += step
+    assert free_at, "the gate held the replies back for good"
+    first_free = free_at[0] - start
+    assert sender.MAX_HOLD <= first_free <= sender.MAX_HOLD + sender.HOLD + step
+    assert gate.holds >= 2  # and yields again after its free spell
+    spell = [t for t in free_at if t < free_at[0] + sender.FREE_AFTER + sender.HOLD]
+    assert (spell[-1] - spell[0]) >= sender.FREE_AFTER - sender.HOLD - step
+
+
+def test_usable_cpus_follows_the_cpu_affinity():
+    one = min(os.sched_getaffinity(0))
+    code = ("import os, sys\nfrom sophon_core.sender import usable_cpus\n"
+            f"os.sched_setaffinity(0, {{{one}}})\nprint(usable_cpus())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert 0 < float(out.stdout) <= 1.0
+    assert 0 < sender.usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+def burn(seconds: float) -> None:
+    until = time.process_time() + seconds
+    while time.process_time() < until:
+        pass
+
+
+def test_a_webhook_worker_reports_the_cpu_it_used_once_per_load_window(make_runtime, wake_socket):
+    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
+    listener = wake_socket(rt.settings.data_dir)
+    listener.settimeout(5)
+    burn(max(0.5, 2 * sender.LOAD_WINDOW))  # this process's CPU use since the pipeline was made
+    assert rt.pipeline.accept("dummy", [message("cpu1")]) == 1
+    word, pid, share = listener.recv(64).split()
+    assert (word, int(pid)) == (b"load", os.getpid())
+    assert 0.4 <= float(share) <= 1.5, share  # busy: most of a CPU (a little more from other threads)
+    assert rt.pipeline.accept("dummy", [message("cpu2")]) == 1
+    assert listener.recv(64) == b"!"  # within the same window: a plain wake-up
+    time.sleep(sender.LOAD_WINDOW + 0.3)  # idle
+    assert rt.pipeline.accept("dummy", [message("cpu3")]) == 1
+    word, pid, share = listener.recv(64).split()
+    assert word == b"load" and float(share) < 0.4, share
+
+
+def test_a_sender_yields_to_busy_webhooks_and_answers_once_they_calm_down(make_runtime, sent, wake_socket):
+    """The sender's side, in-process: its listener (``sender._listen``) reads the workers' CPU
+    reports into a LoadGate; its runners start no reply while the gate holds, and answer after."""
+    rt = make_runtime([dummy_channel()], pipeline_threads=2)  # the sender runs a workers-mode pipeline
+    data = rt.settings.data_dir
+    sock = wake_socket(data)
+    stop_listening = threading.Event()
+    gate = sender.LoadGate(cpus=1.0)
+    listener = threading.Thread(target=sender._listen, args=(sock, rt.pipeline, stop_listening, gate), daemon=True)
+    listener.start()
+    rt.pipeline.start()
+    try:
+        sender.notify(data, 0.95)  # a worker: "I used 95% of a CPU"
+        deadline = time.monotonic() + 5
+        while rt.pipeline.hold_until <= time.monotonic():
+            assert time.monotonic() < deadline, "the sender did not start yielding"
+            time.sleep(0.01)
+        channel = rt.config.get("d1")
+        msg = message("y1", "busy now")
+        assert rt.store.accept_inbound(msg, pipeline_mod.session_key(channel, msg), 100)[0] == "queued"
+        rt.pipeline.wake()
+        busy_until = time.monotonic() + 1.2
+        while time.monotonic() < busy_until:  # the workers stay busy
+            sender.notify(data, 0.95)
+            time.sleep(0.1)
+            assert sent == [], "a reply started while the webhooks were busy"
+        assert rt.store.job_states() == {"queued": 1}
+        assert gate.holds == 1 and gate.held >= 1.2
+        calm = time.monotonic()
+        (reply,) = wait_sent(1, timeout=10)  # no more busy reports: the hold runs out
+        assert reply[2] == 'Sophon default agent. You said: "busy now"'
+        assert time.monotonic() - calm <= sender.HOLD + 5
+    finally:
+        stop_listening.set()
+        sender.notify(data)  # (wakes the listener so that it sees the stop)
+        listener.join(5)
+    assert not listener.is_alive()
+
+
+def test_sender_yield_is_on_by_default_and_says_what_to_write():
+    assert Settings.from_env({}).sender_yield is True
+    assert Settings.from_env({"SOPHON_SENDER_YIELD": " off "}).sender_yield is False
+    assert Settings.from_env({"SOPHON_SENDER_YIELD": "ON"}).sender_yield is True
+    with pytest.raises(ValueError) as err:
+        Settings.from_env({"SOPHON_SENDER_YIELD": "sometimes"})
+    assert "SOPHON_SENDER_YIELD='sometimes'" in str(err.value) and "ON, OFF" in str(err.value)
+
+
+def test_a_real_sender_says_whether_it_yields(tmp_path, sender_env):
+    on = start_sender(sender_env, tmp_path / "on.log", "--nice", "0")
+    try:
+        line = wait_for_log(on, tmp_path / "on.log", "reply sender up")
+        assert "yields to busy webhooks (75% of" in line
+    finally:
+        stop(on)
+    off = start_sender({**sender_env, "SOPHON_SENDER_YIELD": "off"}, tmp_path / "off.log", "--nice", "0")
+    try:
+        line = wait_for_log(off, tmp_path / "off.log", "reply sender up")
+        assert "never yields" in line and "yields to busy" not in line
+    finally:
+        stop(off)
