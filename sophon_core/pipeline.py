@@ -98,6 +98,7 @@ class Pipeline:
         self._sender_checked_at = -SENDER_CHECK_EVERY
         # webhook worker (SOPHON_REPLIES=sender): where its last CPU report to the sender began
         self._load_at, self._load_cpu = time.monotonic(), time.process_time()
+        self._load_lock = threading.Lock()
         # reply sender: no new job is claimed before this (time.monotonic()) while it yields to
         # busy webhooks (set by its listening thread from sender.LoadGate)
         self.hold_until = 0.0
@@ -171,9 +172,11 @@ class Pipeline:
         data_dir = self.runtime.settings.data_dir
         now, share = time.monotonic(), None
         if now - self._load_at >= sender.LOAD_WINDOW:
-            cpu = time.process_time()
-            share = max(0.0, cpu - self._load_cpu) / (now - self._load_at)
-            self._load_at, self._load_cpu = now, cpu
+            with self._load_lock:  # (two batches' leaders may get here at once)
+                if now - self._load_at >= sender.LOAD_WINDOW:
+                    cpu = time.process_time()
+                    share = max(0.0, cpu - self._load_cpu) / (now - self._load_at)
+                    self._load_at, self._load_cpu = now, cpu
         sender.notify(data_dir, share)
         if now - self._sender_checked_at >= SENDER_CHECK_EVERY:
             self._sender_checked_at = now

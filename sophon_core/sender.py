@@ -25,8 +25,9 @@ A hung or CPU-hungry agent never slows the webhooks either.
 
 Nice alone does not keep the sender out of the webhooks' way under a saturating load:
 its commits take the store's write lock, a webhook batch then waits for a sender the
-scheduler barely runs, and the worker's idle moments go to the sender (measured: 12 to
-14% of the CPU, the webhooks 8 to 17% fewer requests/s). So it also yields
+scheduler barely runs, and the worker's idle moments go to the sender (measured with
+bench/run on one CPU: 8 to 15% of it, and with one worker 13 to 17% fewer webhooks per
+second than with the yield below). So it also yields
 (``SOPHON_SENDER_YIELD``, default on): each webhook worker reports the CPU share it used
 over the last ``LOAD_WINDOW`` in its wake-ups, and while the workers together use
 ``BUSY_SHARE`` or more of the CPUs the sender may run on, it starts no new reply
@@ -49,6 +50,7 @@ import fcntl
 import functools
 import hashlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -134,10 +136,14 @@ class LoadGate:
         self.holds = 0  # holds begun
         self.held = 0.0  # seconds held in all
         self._reports: dict[int, tuple[float, float]] = {}  # worker pid -> (CPU share, when)
-        self._held_since = 0.0
+        self._held_since: float | None = None  # when the current hold began
         self._free_until = 0.0
 
     def report(self, pid: int, share: float) -> None:
+        """A worker's CPU share (1.0: one CPU) over its last window; a share that is not a
+        number from 0 to 1024, or a pid below 1, is ignored (any local process may send one)."""
+        if pid < 1 or not (math.isfinite(share) and 0.0 <= share <= 1024.0):
+            return
         now = self.clock()
         self._reports[pid] = (share, now)
         for gone in [p for p, (_, at) in self._reports.items() if now - at > STALE]:
@@ -145,14 +151,17 @@ class LoadGate:
         self.share = sum(s for s, _ in self._reports.values())
         if self.share < BUSY_SHARE * self.cpus or now < self._free_until:
             return
-        if self.hold_until <= now:  # a new hold
+        if self.hold_until <= now:  # not holding: the last hold ran out
+            if self._held_since is not None and self.hold_until >= self._held_since + MAX_HOLD:
+                self._held_since = None  # it ran out at its cap: answer for FREE_AFTER first
+                self._free_until = self.hold_until + FREE_AFTER
+                if now < self._free_until:
+                    return
             self._held_since = now
             self.holds += 1
-        elif now - self._held_since >= MAX_HOLD:  # long enough: let this one run out, then answer
-            self._free_until = self.hold_until + FREE_AFTER
-            return
-        self.held += now + HOLD - max(self.hold_until, now)
-        self.hold_until = now + HOLD
+        until = min(now + HOLD, self._held_since + MAX_HOLD)
+        self.held += max(0.0, until - max(self.hold_until, now))
+        self.hold_until = until
 
 
 def running(data_dir: Path) -> bool:

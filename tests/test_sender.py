@@ -541,9 +541,20 @@ def test_the_gate_holds_new_replies_back_while_the_workers_use_most_of_the_cpus(
     gate.report(101, 1.02)  # still busy (1.52 CPUs): the hold goes on (the same hold)
     assert gate.hold_until == clock.now + sender.HOLD and gate.holds == 1
     assert gate.held == pytest.approx(0.2 + sender.HOLD)
+    held_until = gate.hold_until
     clock.now += 0.2
     gate.report(101, 0.2)  # no longer busy: the hold runs out by itself
-    assert gate.hold_until == clock.now - 0.2 + sender.HOLD and gate.holds == 1
+    assert gate.hold_until == held_until and gate.holds == 1
+
+
+@pytest.mark.parametrize("pid, share", [(101, float("nan")), (101, float("inf")), (101, -1.0), (101, 2000.0),
+                                        (0, 0.9), (-5, 0.9)])
+def test_the_gate_ignores_reports_that_are_not_a_cpu_share(pid, share):
+    gate = sender.LoadGate(cpus=1.0, clock=Clock())
+    gate.report(pid, share)
+    assert gate.hold_until == 0.0 and gate.share == 0.0
+    gate.report(102, 0.5)
+    assert gate.share == pytest.approx(0.5) and gate.hold_until == 0.0  # the bad one was not counted
 
 
 def test_the_gate_forgets_workers_that_went_quiet():
@@ -570,10 +581,11 @@ def test_the_gate_never_holds_longer_than_max_hold_in_one_go():
         clock.now += step
     assert free_at, "the gate held the replies back for good"
     first_free = free_at[0] - start
-    assert sender.MAX_HOLD <= first_free <= sender.MAX_HOLD + sender.HOLD + step
+    assert sender.MAX_HOLD <= first_free <= sender.MAX_HOLD + 1.5 * step
     assert gate.holds >= 2  # and yields again after its free spell
-    spell = [t for t in free_at if t < free_at[0] + sender.FREE_AFTER + sender.HOLD]
-    assert (spell[-1] - spell[0]) >= sender.FREE_AFTER - sender.HOLD - step
+    spell = [t for t in free_at if t < free_at[0] + sender.FREE_AFTER + 1]
+    assert sender.FREE_AFTER - 3 * step <= spell[-1] - spell[0] <= sender.FREE_AFTER
+    assert gate.held <= gate.holds * sender.MAX_HOLD + 1e-9
 
 
 def test_usable_cpus_follows_the_cpu_affinity():
@@ -591,26 +603,33 @@ def burn(seconds: float) -> None:
         pass
 
 
-def test_a_webhook_worker_reports_the_cpu_it_used_once_per_load_window(make_runtime, wake_socket):
+def test_a_webhook_worker_reports_the_cpu_it_used_once_per_load_window(make_runtime, wake_socket, monkeypatch):
     rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
     listener = wake_socket(rt.settings.data_dir)
     listener.settimeout(5)
-    burn(max(0.5, 2 * sender.LOAD_WINDOW))  # this process's CPU use since the pipeline was made
+    wall0, cpu0 = time.monotonic(), time.process_time()
+    burn(max(0.5, 2 * sender.LOAD_WINDOW))  # busy (the window began when the pipeline was made)
     assert rt.pipeline.accept("dummy", [message("cpu1")]) == 1
+    wall1, cpu1 = time.monotonic(), time.process_time()
     word, pid, share = listener.recv(64).split()
     assert (word, int(pid)) == (b"load", os.getpid())
-    assert 0.4 <= float(share) <= 1.5, share  # busy: most of a CPU (a little more from other threads)
+    # the window holds ours: at least our CPU over a little more than our time (the runtime's making)
+    assert 0.5 * (cpu1 - cpu0) / (wall1 - wall0) <= float(share) <= 1.5, share
+    monkeypatch.setattr(sender, "LOAD_WINDOW", 1e9)
     assert rt.pipeline.accept("dummy", [message("cpu2")]) == 1
-    assert listener.recv(64) == b"!"  # within the same window: a plain wake-up
-    time.sleep(sender.LOAD_WINDOW + 0.3)  # idle
+    assert listener.recv(64) == b"!"  # within the window: a plain wake-up
+    monkeypatch.setattr(sender, "LOAD_WINDOW", 0.2)
+    time.sleep(0.6)  # idle
     assert rt.pipeline.accept("dummy", [message("cpu3")]) == 1
     word, pid, share = listener.recv(64).split()
-    assert word == b"load" and float(share) < 0.4, share
+    assert word == b"load" and float(share) < 0.5, share
 
 
-def test_a_sender_yields_to_busy_webhooks_and_answers_once_they_calm_down(make_runtime, sent, wake_socket):
+def test_a_sender_yields_to_busy_webhooks_and_answers_once_they_calm_down(make_runtime, sent, wake_socket,
+                                                                           monkeypatch):
     """The sender's side, in-process: its listener (``sender._listen``) reads the workers' CPU
     reports into a LoadGate; its runners start no reply while the gate holds, and answer after."""
+    monkeypatch.setattr(sender, "HOLD", 3.0)  # (a slow moment of this test's reports must not end it)
     rt = make_runtime([dummy_channel()], pipeline_threads=2)  # the sender runs a workers-mode pipeline
     data = rt.settings.data_dir
     sock = wake_socket(data)
@@ -637,9 +656,9 @@ def test_a_sender_yields_to_busy_webhooks_and_answers_once_they_calm_down(make_r
         assert rt.store.job_states() == {"queued": 1}
         assert gate.holds == 1 and gate.held >= 1.2
         calm = time.monotonic()
-        (reply,) = wait_sent(1, timeout=10)  # no more busy reports: the hold runs out
+        (reply,) = wait_sent(1, timeout=sender.HOLD + 10)  # no more busy reports: the hold runs out
         assert reply[2] == 'Sophon default agent. You said: "busy now"'
-        assert time.monotonic() - calm <= sender.HOLD + 5
+        assert time.monotonic() - calm <= sender.HOLD + 10
     finally:
         stop_listening.set()
         sender.notify(data)  # (wakes the listener so that it sees the stop)
