@@ -11,7 +11,8 @@ Sections (``--only`` picks some):
   (``SOPHON_SQLITE_SYNC`` FULL and NORMAL) and two reference apps served the same
   way: ``floor`` (bare Falcon, signature check, empty TwiML) and ``quickstart``
   (Twilio's Flask quick-start with the signature check and a ``MessagingResponse``);
-- ``slow``: ack latency with an agent that takes 20 s per reply vs the default agent;
+- ``slow``: ack latency with an agent that takes 20 s per reply vs the default agent
+  (``--rounds`` repeats it, interleaved);
 - ``e2e``: messages/s from inbound webhook to the reply accepted by the sandbox;
 - ``pacing``: the send rate at ``limits.sendRate`` 1 segment/s, one number then three;
 - ``scale``: requests/s at 1, 2 and 4 workers;
@@ -845,36 +846,47 @@ class Bench:
                         "after the answer. Ratios: of each point's median across the rounds."}
 
     def section_slow(self) -> dict:
+        """The instant default agent, then one taking ``slow_agent_seconds`` per reply, ``--rounds``
+        times over, interleaved; the p99 ratio is of the medians, with each round's ratio."""
         out: dict = {"agent_seconds": self.p.slow_agent_seconds, "connections": self.p.slow_connections,
-                     "workers": 2, "sync": "FULL"}
-        points = {}
-        for agent in ("default", "slow20"):
-            start = self.outbound_count()
-            got, info = self.sophon_run(f"sophon-agent-{agent}", "FULL", 2, [self.p.slow_connections],
-                                        agent=agent, section="slow")
-            points[agent] = got[0]
-            if agent == "slow20":
-                early = [m for m in self.outbound(start) if m["body"].startswith("slow agent")]
-                out["slow_agent_calls_in_flight_at_end"] = info["running_jobs"]
-                out["slow_reply_delay_s"] = info.get("slow_reply_delay_s")
-                out["slow_replies_during_run"] = len(early)
-                if info["running_jobs"] == 0:
-                    self.flag("slow: no job was running the slow agent at the end of its run")
-                if early and self.p.seconds + 1 < self.p.slow_agent_seconds:
-                    self.flag(f"slow: {len(early)} slow-agent repl(y/ies) arrived before the agent could finish")
-        d, s = points["default"], points["slow20"]
-        ratio = round(s.p99_ms / d.p99_ms, 3) if d.p99_ms else None
-        out.update({"ok": d.ok and s.ok, "points": [d.to_json(), s.to_json()],
-                    "p99_ms_default": d.p99_ms, "p99_ms_slow": s.p99_ms, "p99_ratio_slow_vs_default": ratio,
-                    "max_ms_default": d.max_ms, "max_ms_slow": s.max_ms, "twilio_timeout_ms": 15000})
+                     "workers": 2, "sync": "FULL", "rounds": self.rounds}
+        by: dict[str, list[Point]] = {"default": [], "slow20": []}
+        in_flight = []
+        for r in range(1, self.rounds + 1):
+            tag = f"-r{r}" if self.rounds > 1 else ""
+            for agent in ("default", "slow20"):
+                start = self.outbound_count()
+                got, info = self.sophon_run(f"sophon-agent-{agent}{tag}", "FULL", 2, [self.p.slow_connections],
+                                            agent=agent, section="slow")
+                got[0].extra["round"] = r
+                by[agent].append(got[0])
+                if agent == "slow20":
+                    early = [m for m in self.outbound(start) if m["body"].startswith("slow agent")]
+                    in_flight.append(info["running_jobs"])
+                    out["slow_reply_delay_s"] = info.get("slow_reply_delay_s")
+                    out["slow_replies_during_run"] = out.get("slow_replies_during_run", 0) + len(early)
+                    if info["running_jobs"] == 0:
+                        self.flag("slow: no job was running the slow agent at the end of its run")
+                    if early and self.p.seconds + 1 < self.p.slow_agent_seconds:
+                        self.flag(f"slow: {len(early)} slow-agent repl(y/ies) arrived before the agent could finish")
+        ds, ss = by["default"], by["slow20"]
+        d_p99, s_p99 = statistics.median(p.p99_ms for p in ds), statistics.median(p.p99_ms for p in ss)
+        ratio = round(s_p99 / d_p99, 3) if d_p99 else None
+        d_max, s_max = max(p.max_ms for p in ds), max(p.max_ms for p in ss)
+        out.update({"ok": all(p.ok for p in ds + ss), "points": [p.to_json() for pair in zip(ds, ss) for p in pair],
+                    "slow_agent_calls_in_flight_at_end": min(in_flight),
+                    "p99_ms_default": d_p99, "p99_ms_slow": s_p99, "p99_ratio_slow_vs_default": ratio,
+                    "p99_ratio_per_round": [round(s.p99_ms / d.p99_ms, 3) if d.p99_ms else None
+                                            for d, s in zip(ds, ss)],
+                    "max_ms_default": d_max, "max_ms_slow": s_max, "twilio_timeout_ms": 15000})
         if self.p.name != "smoke":
-            self.goal("slow agent ack p99 / default agent ack p99", ratio or 0, "<= 1.2",
-                      ratio is not None and ratio <= 1.2)
-            self.goal("max ack latency with the slow agent (ms)", s.max_ms,
-                      "far from Twilio's 15000: at most a third of it, 5000", s.max_ms <= 5000)
-            self.goal("max ack latency with the default agent (ms)", d.max_ms,
-                      "far from Twilio's 15000: at most a third of it, 5000", d.max_ms <= 5000)
-        if max(d.max_ms, s.max_ms) >= 15000:
+            self.goal("slow agent ack p99 / default agent ack p99" + (f" (medians of {self.rounds} rounds)"
+                      if self.rounds > 1 else ""), ratio or 0, "<= 1.2", ratio is not None and ratio <= 1.2)
+            self.goal("max ack latency with the slow agent (ms)", s_max,
+                      "far from Twilio's 15000: at most a third of it, 5000", s_max <= 5000)
+            self.goal("max ack latency with the default agent (ms)", d_max,
+                      "far from Twilio's 15000: at most a third of it, 5000", d_max <= 5000)
+        if max(d_max, s_max) >= 15000:
             self.flag("slow: an acknowledgement took 15 s or more (Twilio would have given up)")
         return out
 
@@ -1310,9 +1322,14 @@ def print_table(r: dict) -> None:
         print(f"\n2. Ack latency vs agent (Sophon FULL, {q['workers']} workers, {q['connections']} conns; "
               f"slow agent {q['agent_seconds']:g} s per reply)")
         print(f"{'agent':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'non-2xx':>8}")
+        rounds = q.get("rounds", 1)
         for p in q["points"]:
-            print(f"{p['agent']:<10}{fmt(p['rps'], 9, 0)}{fmt(p['p50_ms'], 9)}{fmt(p['p99_ms'], 9)}"
+            name = p["agent"] + (f" r{p['round']}" if rounds > 1 else "")
+            print(f"{name:<10}{fmt(p['rps'], 9, 0)}{fmt(p['p50_ms'], 9)}{fmt(p['p99_ms'], 9)}"
                   f"{fmt(p['max_ms'], 9)}{p['non_2xx']:>8}")
+        if rounds > 1:
+            print(f"medians of {rounds} rounds: p99 default {q['p99_ms_default']:.1f} ms, slow {q['p99_ms_slow']:.1f} ms;"
+                  f" p99 slow/default per round {', '.join(fmt(x, 0, 2) for x in q['p99_ratio_per_round'])}")
         print(f"p99 slow/default = {fmt(q['p99_ratio_slow_vs_default'], 0, 2)} (goal <= 1.2); max ack with the "
               f"slow agent {q['max_ms_slow']:.0f} ms (Twilio gives up at 15,000 ms); slow-agent calls in flight "
               f"at the end: {q.get('slow_agent_calls_in_flight_at_end')}")
@@ -1408,7 +1425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="worker counts of the ack section (default 1,2; the smoke run 1); e.g. 1 for quick "
                          "A/B runs of the 1-worker points")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="run the ack and history sections' servers this many times, interleaved (every server "
+                    help="run the ack, slow and history sections' servers this many times, interleaved (every server "
                          "once, then again); the ratios use each point's median, with the range of the "
                          "per-round ratios")
     ap.add_argument("--wrk-threads", type=int, default=2)

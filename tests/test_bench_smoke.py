@@ -161,7 +161,7 @@ def test_bench_rounds_interleave_the_servers_and_compare_medians(tmp_path):
 
     out = tmp_path / "rounds.json"
     venv = Path(sys.prefix)
-    args = ["--smoke", "--only", "ack,history", "--rounds", "2", "--ack-servers", "quickstart,FULL",
+    args = ["--smoke", "--only", "ack,slow,history", "--rounds", "2", "--ack-servers", "quickstart,FULL",
             "--ack-variant", "SOPHON_SENDER_NICE=idle", "--out", str(out)]
     cmd = ([str(RUN), *args] if (venv / ".installed").exists()
            else [sys.executable, str(REPO / "bench" / "sophon_bench.py"), *args])
@@ -196,6 +196,20 @@ def test_bench_rounds_interleave_the_servers_and_compare_medians(tmp_path):
     assert low - 0.001 <= row["FULL_vs_quickstart_rps"] <= high + 0.001
     assert row["FULL_vs_floor_rps"] is None  # the floor was left out
     assert "medians of 2 rounds" in run.stdout
+    # slow: the default agent, then the slow one, each round; the p99 ratio of the medians
+    slow = data["sections"]["slow"]
+    assert slow["rounds"] == 2
+    assert [(p["agent"], p["round"]) for p in slow["points"]] == [("default", 1), ("slow20", 1),
+                                                                   ("default", 2), ("slow20", 2)]
+    for p in slow["points"]:
+        check_point(p)
+    p99 = {a: [p["p99_ms"] for p in slow["points"] if p["agent"] == a] for a in ("default", "slow20")}
+    assert slow["p99_ms_default"] == pytest.approx(statistics.median(p99["default"]))
+    assert slow["p99_ratio_slow_vs_default"] == pytest.approx(
+        statistics.median(p99["slow20"]) / statistics.median(p99["default"]), abs=0.001)
+    assert slow["p99_ratio_per_round"] == [pytest.approx(s / d, abs=0.001) for d, s in zip(p99["default"], p99["slow20"])]
+    assert slow["slow_agent_calls_in_flight_at_end"] > 0
+    assert "p99 slow/default per round" in run.stdout
     # history: an empty store, then a prefilled one, each round; the ratio of the medians
     history = data["sections"]["history"]
     runs = history["all_rounds"]
