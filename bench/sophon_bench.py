@@ -780,36 +780,35 @@ class Bench:
 
     def section_ack(self) -> dict:
         """Every server of ``--ack-servers`` at every point, ``--rounds`` times over: each round
-        starts every server afresh, in the same order, so that a slow spell of the machine
-        hits all of them alike. The ratios compare each point's median req/s (and p99)
-        across the rounds; with several rounds each ratio also gets the range of the
-        per-round ratios."""
+        starts every server afresh. The servers compared run back to back: per worker count,
+        the references, then Sophon and its variants, in that order on odd rounds and the
+        reverse on even ones, so that a machine that slowly speeds up or slows down (shared
+        hosts do, by 20% within minutes) favours neither side. The ratios compare each
+        point's median req/s (and p99) across the rounds; with several rounds each ratio
+        also gets the median and the range of the per-round ratios."""
         points: list[Point] = []
         for r in range(1, self.rounds + 1):
             tag = f"-r{r}" if self.rounds > 1 else ""
             got: list[Point] = []
-            for kind in ("floor", "quickstart"):
-                if kind not in self.ack_servers:
-                    continue
-                for workers in self.p.ack_workers:
-                    with self.server(f"{kind}-w{workers}{tag}", kind, self.reference_env(f"{kind}{tag}"),
-                                     workers) as srv:
-                        self.warmup(srv)
-                        for c in self.p.ack_connections:
-                            got.append(self.load(srv, self.p.seconds, c))
-                        self.sample_rss(srv, "ack")
-            for sync in ("FULL", "NORMAL"):
-                if sync not in self.ack_servers:
-                    continue
-                for workers in self.p.ack_workers:
-                    run, _ = self.sophon_run(f"sophon-{sync}-w{workers}{tag}", sync, workers,
-                                             self.p.ack_connections, section="ack")
-                    got.extend(run)
-            for variant in self.ack_variants:
-                for workers in self.p.ack_workers:
-                    run, _ = self.sophon_run(f"sophon-{variant.replace(' ', '-')}-w{workers}{tag}", "FULL", workers,
-                                             self.p.ack_connections, section="ack", variant=variant)
-                    got.extend(run)
+            for workers in self.p.ack_workers:
+                runs = [*(kind for kind in ("floor", "quickstart", "FULL", "NORMAL") if kind in self.ack_servers),
+                        *self.ack_variants]
+                for kind in (runs if r % 2 else runs[::-1]):
+                    if kind in ("floor", "quickstart"):
+                        with self.server(f"{kind}-w{workers}{tag}", kind, self.reference_env(f"{kind}{tag}"),
+                                         workers) as srv:
+                            self.warmup(srv)
+                            for c in self.p.ack_connections:
+                                got.append(self.load(srv, self.p.seconds, c))
+                            self.sample_rss(srv, "ack")
+                    elif kind in ("FULL", "NORMAL"):
+                        run, _ = self.sophon_run(f"sophon-{kind}-w{workers}{tag}", kind, workers,
+                                                 self.p.ack_connections, section="ack")
+                        got.extend(run)
+                    else:
+                        run, _ = self.sophon_run(f"sophon-{kind.replace(' ', '-')}-w{workers}{tag}", "FULL",
+                                                 workers, self.p.ack_connections, section="ack", variant=kind)
+                        got.extend(run)
             for point in got:
                 point.extra["round"] = r
             points.extend(got)
@@ -836,6 +835,8 @@ class Bench:
                             per_round = [a.rps / b.rps for a, b in zip(by[s_key], by[r_key]) if a and b and b.rps]
                             row[f"{sync}_vs_{ref}_rps_range"] = ([round(min(per_round), 3), round(max(per_round), 3)]
                                                                  if per_round else None)
+                            row[f"{sync}_vs_{ref}_rps_per_round_median"] = (
+                                round(statistics.median(per_round), 3) if per_round else None)
                 ratios.append(row)
         return {"ok": all(p.ok for p in points), "points": [p.to_json() for p in points], "ratios": ratios,
                 "rounds": self.rounds, "variants": self.ack_variants,
@@ -1295,27 +1296,29 @@ def print_table(r: dict) -> None:
               "nothing)")
         rounds = s["ack"].get("rounds", 1)
         if rounds > 1:
-            print(f"medians of {rounds} rounds (each round starts every server afresh, in the same order; "
-                  "flagged points left out)")
+            print(f"medians of {rounds} rounds (each round starts every server afresh; per worker count the "
+                  "servers run back to back, in reverse order on even rounds; flagged points left out)")
             print(f"{'server':<16}{'workers':>8}{'conns':>6}{'req/s':>9}{'p99 ms':>9}")
             for m in s["ack"]["medians"]:
                 print(f"{m['server']:<16}{m['workers']:>8}{m['connections']:>6}{fmt(m['rps'], 9, 0)}"
                       f"{fmt(m['p99_ms'], 9)}")
         print(f"{'ratios of req/s':<22}{'FULL/quick':>11}{'FULL/floor':>11}{'NORMAL/quick':>13}{'NORMAL/floor':>13}"
-              + ("   FULL/quick per round" if rounds > 1 else ""))
+              + ("   FULL/quick per round: median (range)" if rounds > 1 else ""))
         for q in s["ack"]["ratios"]:
             spread = q.get("FULL_vs_quickstart_rps_range")
             print(f"{q['workers']} worker(s), {q['connections']:>3} conns  {fmt(q['FULL_vs_quickstart_rps'], 9, 2)}"
                   f"{fmt(q['FULL_vs_floor_rps'], 11, 2)}{fmt(q['NORMAL_vs_quickstart_rps'], 13, 2)}"
                   f"{fmt(q['NORMAL_vs_floor_rps'], 13, 2)}"
-                  + (f"   {spread[0]:.2f} to {spread[1]:.2f}" if spread else ""))
+                  + (f"   {q['FULL_vs_quickstart_rps_per_round_median']:.2f} ({spread[0]:.2f} to {spread[1]:.2f})"
+                     if spread else ""))
         for variant in s["ack"].get("variants", {}):
             print(f"Sophon {variant} (environment {s['ack']['variants'][variant]}), ratios of req/s:")
             for q in s["ack"]["ratios"]:
                 spread = q.get(f"{variant}_vs_quickstart_rps_range")
                 print(f"  {q['workers']} worker(s), {q['connections']:>3} conns: to the quick-start "
                       f"{fmt(q.get(f'{variant}_vs_quickstart_rps'), 5, 2)}"
-                      + (f" ({spread[0]:.2f} to {spread[1]:.2f})" if spread else "")
+                      + (f" (per round: median {q[f'{variant}_vs_quickstart_rps_per_round_median']:.2f}, "
+                         f"{spread[0]:.2f} to {spread[1]:.2f})" if spread else "")
                       + f", to Sophon FULL {fmt(q.get(f'{variant}_vs_FULL_rps'), 5, 2)}")
     if "slow" in s:
         q = s["slow"]
