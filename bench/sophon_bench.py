@@ -516,7 +516,15 @@ class Bench:
                 "--latency", "-s", str(LUA), self.url, "--", str(path), str(threads)]
         dirty_kb, disk_before = dirty_kib(), disk_counters(self.tmp)
         cpu_before, idle_before = server_cpu(server), cpu_idle(self.server_cpus)
-        run = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=seconds + 180)
+        split: list[int] = []  # wrk's connections per worker, halfway through (they stay where they landed)
+        look = threading.Timer(seconds / 2, lambda: split.extend(connections_per_worker(self.port,
+                                                                                       server.worker_pids())))
+        look.start()
+        try:
+            run = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=seconds + 180)
+        finally:
+            look.cancel()
+            look.join()
         disk_after = disk_counters(self.tmp)
         cpu_after, idle_after = server_cpu(server), cpu_idle(self.server_cpus)
         found = [line for line in run.stdout.splitlines() if line.startswith("BENCH_JSON ")]
@@ -546,6 +554,7 @@ class Bench:
                       mean_ms=round(lat["mean"] / 1000, 2), statuses=dict(statuses), non_2xx=non_2xx,
                       socket_errors=socket_errors, sent=sent, wrk_threads=threads, wrapped=wraps > 0, ok=ok, sent_sids=sent_sids)
         point.extra["dirty_kib_at_start"] = dirty_kb  # written data the kernel still owes the disk
+        point.extra["connections_per_worker"] = split
         # CPU share (of one CPU) of the workers and of the reply sender during the point, and how busy
         # the servers' CPUs were (pinned): who took the CPU, and how much of it lay idle
         took = {k: round((cpu_after[k] - cpu_before[k]) / point.seconds, 3) if point.seconds else None
@@ -565,7 +574,8 @@ class Bench:
                      + (f", server CPUs {100 * took['server_cpus_busy']:.0f}% busy" if "server_cpus_busy" in took
                         else "") if took["workers"] is not None else "")
             log(f"bench: {what}: {point.rps:.0f} req/s, p50 {point.p50_ms} ms, p99 {point.p99_ms} ms, "
-                f"max {point.max_ms} ms, statuses {dict(statuses)}{share}")
+                f"max {point.max_ms} ms, statuses {dict(statuses)}{share}"
+                + (f", connections per worker {'/'.join(map(str, split))}" if server.workers > 1 else ""))
         if wraps:
             self.flag(f"{what}: wrk ran out of pre-signed requests and repeated MessageSids ({wraps} wrap(s))")
         if non_2xx or errors["status"]:
@@ -1127,6 +1137,40 @@ def cpu_seconds(pid: int | None) -> float:
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def connections_per_worker(port: int, pids: Sequence[int]) -> list[int]:
+    """How many established TCP connections to ``port`` each of ``pids`` holds, largest first.
+
+    Gunicorn's workers take turns at accepting, and a keep-alive connection stays with the
+    worker that accepted it: ``wrk`` opens all of its connections at once, so each run
+    splits them among the workers differently (8/8, 11/5, 16/0 ...). A group commit's batch
+    is made of the requests in one worker, so the split moves Sophon's figures."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+                inodes.add(f[9])
+    counts = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # (gone)
+            continue
+        held = 0
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            held += target.startswith("socket:[") and target[8:-1] in inodes
+        counts.append(held)
+    return sorted(counts, reverse=True)
 
 
 def cpu_idle(cpus: set[int] | None) -> tuple[int, int] | None:
