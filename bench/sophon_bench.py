@@ -516,15 +516,22 @@ class Bench:
                 "--latency", "-s", str(LUA), self.url, "--", str(path), str(threads)]
         dirty_kb, disk_before = dirty_kib(), disk_counters(self.tmp)
         cpu_before, idle_before = server_cpu(server), cpu_idle(self.server_cpus)
-        split: list[int] = []  # wrk's connections per worker, halfway through (they stay where they landed)
-        look = threading.Timer(seconds / 2, lambda: split.extend(connections_per_worker(self.port,
-                                                                                       server.worker_pids())))
-        look.start()
+        split: list[int] = []  # wrk's connections per worker (they stay where they landed)
+        done = threading.Event()
+
+        def look() -> None:  # at a quarter, half and three quarters of the point: the fullest look
+            while not done.wait(seconds / 4):
+                seen = connections_per_worker(self.port, server.worker_pids())
+                if sum(seen) > sum(split) or len(seen) > len(split):
+                    split[:] = seen
+
+        looker = threading.Thread(target=look, daemon=True)
+        looker.start()
         try:
             run = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=seconds + 180)
         finally:
-            look.cancel()
-            look.join()
+            done.set()
+            looker.join()
         disk_after = disk_counters(self.tmp)
         cpu_after, idle_after = server_cpu(server), cpu_idle(self.server_cpus)
         found = [line for line in run.stdout.splitlines() if line.startswith("BENCH_JSON ")]

@@ -39,7 +39,7 @@ def check_point(p: dict) -> None:
     for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "seconds"):
         assert number(p[key]) and p[key] > 0, (where, key, p[key])
     assert p["p50_ms"] <= p["p99_ms"] <= p["max_ms"] * 1.01, where
-    # wrk's connections, found in the workers halfway through the point
+    # wrk's connections, found in the workers while the point ran
     split = p["connections_per_worker"]
     assert 0 < sum(split) <= p["connections"] and len(split) == p["workers"], (where, split)
     if p["server"] == "sophon":
