@@ -818,13 +818,11 @@ class Bench:
                             for c in self.p.ack_connections:
                                 got.append(self.load(srv, self.p.seconds, c))
                             self.sample_rss(srv, "ack")
-                    elif kind in ("FULL", "NORMAL"):
-                        run, _ = self.sophon_run(f"sophon-{kind}-w{workers}{tag}", kind, workers,
-                                                 self.p.ack_connections, section="ack")
-                        got.extend(run)
-                    else:
-                        run, _ = self.sophon_run(f"sophon-{kind.replace(' ', '-')}-w{workers}{tag}", "FULL",
-                                                 workers, self.p.ack_connections, section="ack", variant=kind)
+                    else:  # Sophon FULL or NORMAL, or a variant (of FULL)
+                        variant = None if kind in ("FULL", "NORMAL") else kind
+                        run, _ = self.sophon_run(f"sophon-{kind.replace(' ', '-')}-w{workers}{tag}",
+                                                 "FULL" if variant else kind, workers, self.p.ack_connections,
+                                                 section="ack", variant=variant)
                         got.extend(run)
             for point in got:
                 point.extra["round"] = r
@@ -1480,7 +1478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "A/B runs of the 1-worker points")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the ack, slow and history sections' servers this many times, interleaved (every server "
-                         "once, then again); the ratios use each point's median, with the range of the "
+                         "once, then again; in the ack section back to back per worker count, in reverse order on "
+                         "even rounds); the ratios use each point's median, with the median and the range of the "
                          "per-round ratios")
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
