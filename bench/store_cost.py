@@ -1,0 +1,148 @@
+"""What storing a webhook's message costs: the store's group commit alone, in one process.
+
+The webhook path without HTTP: ``--threads`` threads each call ``Store.accept_inbound``
+in a loop, as gunicorn's request threads of one worker do, on a real SQLite file under
+``FULL`` (each call returns once an fsync of the write-ahead log covers its commit). The
+group commit stores the calls that arrive together in one transaction with one fsync (a
+batch). Each message is what a Twilio webhook brings (a scattered ``MessageSid``, an
+idempotency key, one of 200 senders, per-sender sessions), after ``--prefill`` messages.
+
+Prints, per thread count, the process's CPU time per message, messages/s, the batches
+(one commit and one fsync each) and their mean size, and checks that every message was
+stored once with its job. With one thread each message is a batch of its own; with more,
+the calls that wait for a batch's fsync make the next one. CPU time, not wall time: the
+machine's speed still moves it (compare figures of one run), the disk's latency does not.
+No network.
+
+    .venv/bin/python bench/store_cost.py [--threads 1,2,4,8,16] [--messages 4000]
+        [--prefill 2000] [--cpu 0] [--out FILE]
+
+``--cpu N`` pins the process to CPU N first (as ``bench/run`` pins the servers).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from signing import scattered_sid  # noqa: E402
+from sophon_core.models import InboundMessage  # noqa: E402
+from sophon_core.store import Store  # noqa: E402
+
+CHANNEL = "sms"
+NUMBER = "+15550100000"
+SENDERS = [f"+1555{n:07d}" for n in range(1, 201)]
+
+
+def message(n: int, prefix: str) -> tuple[InboundMessage, str, str]:
+    """The ``n``-th message: ``(message, session key, delivery key)`` as the webhook makes them."""
+    sender = SENDERS[n % len(SENDERS)]
+    sid = scattered_sid(f"{prefix}:{n}")
+    msg = InboundMessage(channel_id=CHANNEL, provider_message_id=sid, sender=sender, recipient=NUMBER,
+                         text=f"bench m{n:x}", metadata={"FromState": "CA", "FromCountry": "US", "NumSegments": "1"})
+    return msg, f"agent:default:peer:{CHANNEL}:{sender}", f"sms:{prefix}-{sid}"
+
+
+def run(store: Store, threads: int, first: int, count: int, prefix: str) -> dict:
+    """``count`` messages from ``threads`` threads at once; what it cost."""
+    batches = 0
+    lock = threading.Lock()
+
+    def queued() -> None:  # the store calls it once per batch that queued a job (every batch here)
+        nonlocal batches
+        with lock:
+            batches += 1
+
+    store.on_queued = queued
+    work = [message(first + i, prefix) for i in range(count)]
+    outcomes: list[str] = []
+    start = threading.Barrier(threads + 1)
+
+    def worker(mine: list) -> None:
+        start.wait()
+        got = [store.accept_inbound(msg, session, None, delivery_key=key)[0] for msg, session, key in mine]
+        with lock:
+            outcomes.extend(got)
+
+    pool = [threading.Thread(target=worker, args=(work[i::threads],)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    start.wait()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for t in pool:
+        t.join()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    store.on_queued = None
+    if outcomes.count("queued") != count:
+        raise SystemExit(f"store_cost: {count - outcomes.count('queued')} of {count} messages not queued")
+    return {"threads": threads, "messages": count, "batches": batches, "batch_mean": count / max(1, batches),
+            "cpu_us_per_message": cpu / count * 1e6, "messages_per_s": count / wall}
+
+
+def stored(path: Path) -> tuple[int, int, int]:
+    """(inbound messages, distinct MessageSids among them, jobs) in the store, read on a connection of our own."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT COUNT(*), COUNT(DISTINCT provider_id), (SELECT COUNT(*) FROM jobs)"
+                          " FROM messages WHERE direction = 'in'").fetchone()
+    finally:
+        db.close()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", default="1,2,4,8,16", help="comma-separated thread counts (default 1,2,4,8,16)")
+    ap.add_argument("--messages", type=int, default=4000, help="messages per thread count (default 4000)")
+    ap.add_argument("--prefill", type=int, default=2000, help="messages stored before measuring (default 2000)")
+    ap.add_argument("--cpu", type=int, help="pin this process to that CPU first")
+    ap.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+    try:
+        counts = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        ap.error(f"--threads takes numbers like 1,2,4,8,16, not {args.threads!r}")
+    if not counts or min(counts) < 1 or args.messages < max(counts) or args.prefill < 0:
+        ap.error("--threads must be 1 or more, --messages at least the largest thread count, --prefill 0 or more")
+    if args.cpu is not None:
+        try:
+            os.sched_setaffinity(0, {args.cpu})
+        except (OSError, ValueError):
+            ap.error(f"--cpu {args.cpu}: not a CPU this process may run on "
+                     f"(these are: {','.join(map(str, sorted(os.sched_getaffinity(0))))})")
+    with tempfile.TemporaryDirectory(prefix="sophon-store-cost-") as tmp:
+        store = Store(Path(tmp) / "sophon.db", synchronous="FULL")
+        prefix = os.urandom(4).hex()
+        if args.prefill:
+            run(store, 8, 0, args.prefill, prefix)
+        rows, first = [], args.prefill
+        for threads in counts:
+            store.checkpoint()  # (the pipeline's heartbeat does this every second)
+            rows.append(run(store, threads, first, args.messages, prefix))
+            first += args.messages
+        count, distinct, jobs = stored(store.path)
+    result = {"rows": rows, "stored": count, "distinct": distinct, "jobs": jobs, "expected": first,
+              "cpu": args.cpu, "sqlite": sqlite3.sqlite_version}
+    print(f"{'threads':>7} {'messages':>8} {'batches':>7} {'mean batch':>10} {'CPU us/message':>14} {'messages/s':>10}")
+    for r in rows:
+        print(f"{r['threads']:>7} {r['messages']:>8} {r['batches']:>7} {r['batch_mean']:>10.1f} "
+              f"{r['cpu_us_per_message']:>14.0f} {r['messages_per_s']:>10.0f}")
+    print(f"stored {count} messages ({distinct} distinct) and {jobs} jobs of {first} sent")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    if not count == distinct == jobs == first:
+        raise SystemExit(f"store_cost: stored {count} messages ({distinct} distinct) and {jobs} jobs, "
+                         f"expected {first} of each")
+    return result
+
+
+if __name__ == "__main__":
+    main()
