@@ -6,6 +6,9 @@ in a loop, as gunicorn's request threads of one worker do, on a real SQLite file
 group commit stores the calls that arrive together in one transaction with one fsync (a
 batch). Each message is what a Twilio webhook brings (a scattered ``MessageSid``, an
 idempotency key, one of 200 senders, per-sender sessions), after ``--prefill`` messages.
+``--history 0,100000,200000`` measures each thread count again on a store that first holds
+that many answered conversations over 30 days (what ``bench/run``'s history section
+prefills), to see whether a message costs more as the store grows.
 
 Prints, per thread count, the process's CPU time per message, messages/s, the batches
 (one commit and one fsync each) and their mean size, and checks that every message was
@@ -15,7 +18,7 @@ machine's speed still moves it (compare figures of one run), the disk's latency 
 No network.
 
     .venv/bin/python bench/store_cost.py [--threads 1,2,4,8,16] [--messages 4000]
-        [--prefill 2000] [--cpu 0] [--out FILE]
+        [--prefill 2000] [--history 0] [--cpu 0] [--out FILE]
 
 ``--cpu N`` pins the process to CPU N first (as ``bench/run`` pins the servers).
 """
@@ -98,49 +101,85 @@ def stored(path: Path) -> tuple[int, int, int]:
         db.close()
 
 
+def measure(folder: Path, history: int, counts: list[int], args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """Every thread count on a fresh store holding ``history`` answered conversations first."""
+    path = folder / f"history-{history}" / "sophon.db"
+    path.parent.mkdir()
+    if history:
+        from sophon_bench import prefill_store  # (bench/run's history section, same rows)
+
+        prefill_store(path, history, CHANNEL, "default", SENDERS)
+    store = Store(path, synchronous="FULL")
+    prefix = os.urandom(4).hex()
+    if args.prefill:
+        run(store, 8, 0, args.prefill, prefix)
+    rows, first = [], args.prefill
+    for threads in counts:
+        store.checkpoint()  # (the pipeline's heartbeat does this every second)
+        rows.append({"history": history, **run(store, threads, first, args.messages, prefix)})
+        first += args.messages
+    count, distinct, jobs = stored(path)
+    return rows, {"history": history, "stored": count, "distinct": distinct, "jobs": jobs,
+                  "expected": history + first, "bytes": sum(f.stat().st_size for f in path.parent.iterdir())}
+
+
+def numbers(ap: argparse.ArgumentParser, option: str, text: str, least: int) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        ap.error(f"{option} takes comma-separated numbers, not {text!r}")
+    if min(values) < least:
+        ap.error(f"{option}: each number must be {least} or more, not {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", default="1,2,4,8,16", help="comma-separated thread counts (default 1,2,4,8,16)")
     ap.add_argument("--messages", type=int, default=4000, help="messages per thread count (default 4000)")
     ap.add_argument("--prefill", type=int, default=2000, help="messages stored before measuring (default 2000)")
+    ap.add_argument("--history", default="0",
+                    help="comma-separated sizes of a history of answered conversations to store first, each "
+                         "on a store of its own (default 0)")
     ap.add_argument("--cpu", type=int, help="pin this process to that CPU first")
     ap.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
-    try:
-        counts = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        ap.error(f"--threads takes numbers like 1,2,4,8,16, not {args.threads!r}")
-    if not counts or min(counts) < 1 or args.messages < max(counts) or args.prefill < 0:
-        ap.error("--threads must be 1 or more, --messages at least the largest thread count, --prefill 0 or more")
+    counts = numbers(ap, "--threads", args.threads, 1)
+    sizes = numbers(ap, "--history", args.history, 0)
+    if args.messages < max(counts):
+        ap.error(f"--messages {args.messages}: give at least the largest thread count ({max(counts)})")
+    if args.prefill < 0:
+        ap.error(f"--prefill {args.prefill}: give 0 or more")
+    if len(set(sizes)) != len(sizes):
+        ap.error(f"--history: each size once, not {args.history!r}")
     if args.cpu is not None:
         try:
             os.sched_setaffinity(0, {args.cpu})
         except (OSError, ValueError):
             ap.error(f"--cpu {args.cpu}: not a CPU this process may run on "
                      f"(these are: {','.join(map(str, sorted(os.sched_getaffinity(0))))})")
+    rows, stores = [], []
     with tempfile.TemporaryDirectory(prefix="sophon-store-cost-") as tmp:
-        store = Store(Path(tmp) / "sophon.db", synchronous="FULL")
-        prefix = os.urandom(4).hex()
-        if args.prefill:
-            run(store, 8, 0, args.prefill, prefix)
-        rows, first = [], args.prefill
-        for threads in counts:
-            store.checkpoint()  # (the pipeline's heartbeat does this every second)
-            rows.append(run(store, threads, first, args.messages, prefix))
-            first += args.messages
-        count, distinct, jobs = stored(store.path)
-    result = {"rows": rows, "stored": count, "distinct": distinct, "jobs": jobs, "expected": first,
-              "cpu": args.cpu, "sqlite": sqlite3.sqlite_version}
-    print(f"{'threads':>7} {'messages':>8} {'batches':>7} {'mean batch':>10} {'CPU us/message':>14} {'messages/s':>10}")
+        for history in sizes:
+            got, store = measure(Path(tmp), history, counts, args)
+            rows += got
+            stores.append(store)
+    result = {"rows": rows, "stores": stores, "cpu": args.cpu, "sqlite": sqlite3.sqlite_version}
+    print(f"{'history':>7} {'threads':>7} {'messages':>8} {'batches':>7} {'mean batch':>10} "
+          f"{'CPU us/message':>14} {'messages/s':>10}")
     for r in rows:
-        print(f"{r['threads']:>7} {r['messages']:>8} {r['batches']:>7} {r['batch_mean']:>10.1f} "
+        print(f"{r['history']:>7} {r['threads']:>7} {r['messages']:>8} {r['batches']:>7} {r['batch_mean']:>10.1f} "
               f"{r['cpu_us_per_message']:>14.0f} {r['messages_per_s']:>10.0f}")
-    print(f"stored {count} messages ({distinct} distinct) and {jobs} jobs of {first} sent")
+    wrong = []
+    for st in stores:
+        print(f"history {st['history']}: stored {st['stored']} inbound messages ({st['distinct']} distinct) and "
+              f"{st['jobs']} jobs of {st['expected']}; {st['bytes'] / 1e6:.1f} MB")
+        if not st["stored"] == st["distinct"] == st["jobs"] == st["expected"]:
+            wrong.append(st)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
-    if not count == distinct == jobs == first:
-        raise SystemExit(f"store_cost: stored {count} messages ({distinct} distinct) and {jobs} jobs, "
-                         f"expected {first} of each")
+    if wrong:
+        raise SystemExit(f"store_cost: a store does not hold each message once with its job: {wrong}")
     return result
 
 

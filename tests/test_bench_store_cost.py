@@ -21,26 +21,32 @@ def store_cost():
 
 def test_every_message_is_stored_once_and_batches_are_counted(store_cost, tmp_path, capsys):
     out = tmp_path / "cost.json"
-    result = store_cost.main(["--threads", "1,4", "--messages", "40", "--prefill", "8", "--out", str(out)])
+    result = store_cost.main(["--threads", "1,4", "--messages", "40", "--prefill", "8", "--history", "0,60",
+                              "--out", str(out)])
     assert json.loads(out.read_text()) == result
-    assert result["expected"] == 8 + 40 + 40
-    assert result["stored"] == result["distinct"] == result["jobs"] == result["expected"]
-    alone, four = result["rows"]
-    # one thread: each call is a batch of its own (one commit, one fsync)
-    assert (alone["threads"], alone["messages"], alone["batches"], alone["batch_mean"]) == (1, 40, 40, 1.0)
-    # four threads: a batch holds at most one call of each thread, so at least 10 batches
-    assert four["threads"] == 4 and 10 <= four["batches"] <= 40
-    assert four["batch_mean"] == pytest.approx(40 / four["batches"])
+    # each history size on a store of its own, holding that many answered conversations first
+    assert [(s["history"], s["expected"]) for s in result["stores"]] == [(0, 88), (60, 148)]
+    for s in result["stores"]:
+        assert s["stored"] == s["distinct"] == s["jobs"] == s["expected"], s
+        assert s["bytes"] > 0
+    assert [(r["history"], r["threads"]) for r in result["rows"]] == [(0, 1), (0, 4), (60, 1), (60, 4)]
     for row in result["rows"]:
+        if row["threads"] == 1:  # one thread: each call is a batch of its own (one commit, one fsync)
+            assert (row["messages"], row["batches"], row["batch_mean"]) == (40, 40, 1.0)
+        else:  # four threads: a batch holds at most one call of each thread, so at least 10 batches
+            assert 10 <= row["batches"] <= 40 and row["batch_mean"] == pytest.approx(40 / row["batches"])
         assert row["cpu_us_per_message"] > 0 and row["messages_per_s"] > 0
     printed = capsys.readouterr().out
-    assert "mean batch" in printed and f"stored {result['expected']} messages" in printed
+    assert "mean batch" in printed and "history 60: stored 148 inbound messages (148 distinct) and 148 jobs" in printed
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--threads", "one"], "--threads takes numbers"),
-    (["--threads", "0"], "--threads must be 1 or more"),
-    (["--threads", "8", "--messages", "4"], "--messages at least the largest thread count"),
+    (["--threads", "one"], "--threads takes comma-separated numbers"),
+    (["--threads", "0"], "--threads: each number must be 1 or more"),
+    (["--threads", "1,8", "--messages", "4"], "--messages 4: give at least the largest thread count (8)"),
+    (["--prefill", "-1"], "--prefill -1: give 0 or more"),
+    (["--history", "0,-5"], "--history: each number must be 0 or more"),
+    (["--history", "10,10"], "--history: each size once"),
     (["--cpu", "4096"], "--cpu 4096: not a CPU this process may run on"),
 ])
 def test_bad_options_say_what_to_fix(store_cost, capsys, argv, says):
