@@ -29,6 +29,11 @@ def scattered_sid(seed: str) -> str:
     return "SM" + hashlib.blake2b(seed.encode(), digest_size=16).hexdigest()
 
 
+def sender_numbers(count: int = 200) -> list[str]:
+    """The phone numbers the benchmark's messages come from (``+1555`` and seven digits)."""
+    return [f"+1555{n:07d}" for n in range(1, count + 1)]
+
+
 class Signer:
     """Signs webhooks for one account and URL; every MessageSid it makes is new.
 
@@ -45,7 +50,7 @@ class Signer:
         self.validator = RequestValidator(auth_token)
         self.prefix = secrets.token_hex(4)
         self.counter = itertools.count(1)
-        self.senders = [f"+1555{n:07d}" for n in range(1, senders + 1)]
+        self.senders = sender_numbers(senders)
 
     def form(self, to: str, n: int | None = None) -> dict[str, str]:
         n = next(self.counter) if n is None else n

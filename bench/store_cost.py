@@ -37,20 +37,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from signing import scattered_sid  # noqa: E402
+from signing import scattered_sid, sender_numbers  # noqa: E402
+from sophon_bench import MAIN_NUMBER, prefill_store  # noqa: E402
 from sophon_core.models import InboundMessage  # noqa: E402
 from sophon_core.store import Store  # noqa: E402
 
 CHANNEL = "sms"
-NUMBER = "+15550100000"
-SENDERS = [f"+1555{n:07d}" for n in range(1, 201)]
+SENDERS = sender_numbers()  # the senders of bench/run's webhooks
 
 
 def message(n: int, prefix: str) -> tuple[InboundMessage, str, str]:
     """The ``n``-th message: ``(message, session key, delivery key)`` as the webhook makes them."""
     sender = SENDERS[n % len(SENDERS)]
     sid = scattered_sid(f"{prefix}:{n}")
-    msg = InboundMessage(channel_id=CHANNEL, provider_message_id=sid, sender=sender, recipient=NUMBER,
+    msg = InboundMessage(channel_id=CHANNEL, provider_message_id=sid, sender=sender, recipient=MAIN_NUMBER,
                          text=f"bench m{n:x}", metadata={"FromState": "CA", "FromCountry": "US", "NumSegments": "1"})
     return msg, f"agent:default:peer:{CHANNEL}:{sender}", f"sms:{prefix}-{sid}"
 
@@ -105,9 +105,7 @@ def measure(folder: Path, history: int, counts: list[int], args: argparse.Namesp
     """Every thread count on a fresh store holding ``history`` answered conversations first."""
     path = folder / f"history-{history}" / "sophon.db"
     path.parent.mkdir()
-    if history:
-        from sophon_bench import prefill_store  # (bench/run's history section, same rows)
-
+    if history:  # the rows of bench/run's history section
         prefill_store(path, history, CHANNEL, "default", SENDERS)
     store = Store(path, synchronous="FULL")
     prefix = os.urandom(4).hex()
