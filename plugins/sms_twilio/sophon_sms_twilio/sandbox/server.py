@@ -1594,7 +1594,7 @@ class Sandbox:
                 return
             worker = threading.Thread(target=self._run_job, args=(job,), name=f"twilio-sandbox-wa:{sid}", daemon=True)
             self._workers.add(worker)
-        worker.start()
+            worker.start()  # under the lock: stop() must not find (and join) a worker not yet started
 
     def _run_job(self, job: dict) -> None:
         try:
