@@ -634,9 +634,12 @@ class Store:
         now = time.time()
         if delivery_key and not self._new_delivery(db, delivery_key, now):
             return ("duplicate", None), {}  # this webhook delivery was processed before
+        # (counts no further than the limit: a sender flooding the number costs each of its
+        # messages the same, not one more index entry per message it sent this hour)
         limited = max_per_hour is not None and db.execute(
-            "SELECT COUNT(*) FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
-            " AND created_at >= ?", (msg.channel_id, msg.sender, now - 3600)).fetchone()[0] >= max_per_hour
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
+            " AND created_at >= ? LIMIT ?)", (msg.channel_id, msg.sender, now - 3600, max_per_hour)
+        ).fetchone()[0] >= max_per_hour
         row = self._insert_inbound(db, msg, session_key, "rate-limited" if limited else "received")
         if row is None:
             return ("duplicate", None), {}

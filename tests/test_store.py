@@ -41,6 +41,22 @@ def test_rate_limit_is_decided_inside_the_accepting_transaction(tmp_path):
     assert store.job_states() == {"queued": 2}
 
 
+def test_a_flooding_sender_costs_each_message_the_same(tmp_path):
+    """The hourly limit counts a sender's messages no further than the limit: its 400th
+    message of the hour takes as many SQLite steps to store as its 20th (a count of all of
+    them would take one more index entry per message)."""
+    store = Store(tmp_path / "s.db")
+    steps = [0]
+    store._batch_conn().set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1) or 0, 1)
+    cost = {}
+    for i in range(401):
+        steps[0] = 0
+        assert store.accept_inbound(msg(f"m{i}"), "s", max_per_hour=5)[0] == ("queued" if i < 5 else "rate-limited")
+        cost[i] = steps[0]
+    assert cost[400] <= cost[20] + 5, (cost[20], cost[400])
+    assert store.job_states() == {"queued": 5}
+
+
 def test_history_is_in_conversation_order_even_when_replies_are_stored_late(tmp_path):
     store = Store(tmp_path / "s.db")
     for i in range(3):
