@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class Runtime:
     media: MediaFiles | None = field(default=None)
     _file_seen: tuple | None = field(default=None, repr=False)
     _checked_at: float = field(default=0.0, repr=False)
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def build(cls, settings: Settings | None = None, *, extra_plugins: Iterable[object] = (),
@@ -68,24 +70,32 @@ class Runtime:
         """Pick up a changed ``channels.json`` (checked at most every ``every`` seconds).
 
         An invalid file is logged and ignored: the last good config keeps serving.
-        :return: True when a new config was loaded.
+        One thread checks and loads at a time; a thread that calls while another loads waits
+        for it and then sees the new config (a request or a runner never goes on with the
+        old one once the file's change has been seen).
+        :return: True when this call loaded a new config.
         """
-        now = time.monotonic()
-        if now - self._checked_at < every:
+        if time.monotonic() - self._checked_at < every:  # (the usual case: no lock)
             return False
-        self._checked_at = now
-        seen = _signature(self.settings.channels_path)
-        if seen == self._file_seen:
-            return False
-        self._file_seen = seen
-        try:
-            cfg = config_mod.load_file(self.settings.channels_path, self.types, self.pm, self.settings,
-                                       agents=self.agents)
-        except ConfigError as exc:
-            log.error("%s changed but is not valid; still serving the last good configuration.\n%s",
-                      self.settings.channels_path, exc)
-            return False
-        self.config = cfg
+        with self._reload_lock:
+            now = time.monotonic()
+            if now - self._checked_at < every:  # another thread checked meanwhile
+                return False
+            seen = _signature(self.settings.channels_path)
+            if seen == self._file_seen:
+                self._checked_at = now
+                return False
+            try:
+                cfg = config_mod.load_file(self.settings.channels_path, self.types, self.pm, self.settings,
+                                           agents=self.agents)
+            except ConfigError as exc:
+                log.error("%s changed but is not valid; still serving the last good configuration.\n%s",
+                          self.settings.channels_path, exc)
+                return False
+            else:
+                self.config = cfg
+            finally:  # (an invalid file is not read again until it changes)
+                self._file_seen, self._checked_at = seen, now
         log.info("reloaded %s: active channels: %s", cfg.source,
                  ", ".join(c.id for c in cfg.channels if c.enabled) or "none")
         return True

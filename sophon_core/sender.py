@@ -261,13 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         nice = sender_nice(args.nice, "--nice") if args.nice is not None else settings.sender_nice
     except ValueError as exc:
         ap.error(str(exc))
+    priority = lower_priority(nice)  # before any thread starts, and before the lock says it runs
     lock_fd = _take_lock(settings.data_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         sock.bind(wake_address(settings.data_dir))
     except OSError as exc:
         log.warning("cannot listen for wake-ups (%s); finding new jobs by polling the store", exc)
-    priority = lower_priority(nice)  # before any thread starts
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

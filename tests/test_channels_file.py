@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 
 import falcon.testing
 import pytest
 
 from dummy_channel import dummy_channel, plugin as dummy_plugin
 from sophon_core import channels_file
+from sophon_core import runtime as runtime_mod
 from sophon_core.app import create_app
 from sophon_core.errors import ConfigError
 from sophon_core.plugins import agents, channel_types, get_plugin_manager
@@ -83,3 +85,35 @@ def test_running_app_follows_edits_and_keeps_the_last_good_config(make_runtime, 
     rt._checked_at = 0
     assert post() == 200  # still serving the last good config
     assert "changed but is not valid; still serving the last good configuration" in caplog.text
+
+
+def test_a_thread_that_checks_while_another_reloads_waits_for_the_new_config(make_runtime, monkeypatch):
+    """Runners and request threads share one Runtime: one of them finding channels.json
+    changed loads it; another checking meanwhile must wait and then see the new config, not
+    go on with the old one (a runner would fail a job of a channel activated a moment ago)."""
+    rt = make_runtime([dummy_channel(enabled=False)])
+    assert not rt.config.get("d1").enabled
+    loading, release = threading.Event(), threading.Event()
+    real_load = runtime_mod.config_mod.load_file
+
+    def slow_load(*args, **kwargs):
+        loading.set()
+        assert release.wait(10)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(runtime_mod.config_mod, "load_file", slow_load)
+    kw = {"pm": rt.pm, "types": rt.types, "agents": rt.agents, "settings": rt.settings}
+    channels_file.edit(rt.settings.channels_path, lambda d: d["channels"][0].__setitem__("enabled", True), **kw)
+    seen = {}
+    first = threading.Thread(target=lambda: seen.update(first=rt.reload_if_changed(every=0)))
+    second = threading.Thread(target=lambda: seen.update(
+        second=rt.reload_if_changed(every=0), enabled=rt.config.get("d1").enabled))
+    first.start()
+    assert loading.wait(10)
+    second.start()
+    second.join(0.3)
+    assert second.is_alive(), "a second caller went on while the first was still loading"
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert seen == {"first": True, "second": False, "enabled": True}

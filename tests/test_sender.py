@@ -452,6 +452,14 @@ def test_a_real_sender_runs_its_threads_under_sched_idle_and_refuses_a_bad_nice(
     assert "--nice='20' must be a whole number from 0 to 19" in bad.stderr and "reply sender up" not in bad.stderr
 
 
+def _alive(pid: int) -> bool:
+    """The process runs (not gone, not a zombie waiting for its new parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def test_sender_stops_when_the_process_that_started_it_is_gone(tmp_path, sender_env):
     """No PR_SET_PDEATHSIG here: the sender notices by itself that its parent is gone."""
     parent = ("import subprocess, sys, time\n"
@@ -474,6 +482,9 @@ def test_sender_stops_when_the_process_that_started_it_is_gone(tmp_path, sender_
         while sender.running(data) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not sender.running(data), "the orphaned sender still runs"
+        while _alive(pid) and time.monotonic() < deadline:  # (it logs its last line after the lock)
+            time.sleep(0.05)
+        assert not _alive(pid), "the orphaned sender released its lock but did not exit"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -92,10 +92,10 @@ def test_an_expired_lease_is_claimed_again_and_the_old_runner_is_fenced_off(tmp_
     store.accept_inbound(msg("m1"), "s")
     stale = store.claim("dead-worker", lease=0.2)
     store.accept_inbound(msg("m2"), "t")
-    live = store.claim("live-worker", lease=0.2)
-    time.sleep(0.1)
-    assert store.renew([live], lease=0.5) == []
-    time.sleep(0.2)
+    live = store.claim("live-worker", lease=1.0)
+    claimed = time.monotonic()
+    assert store.renew([live], lease=30) == []
+    time.sleep(max(0.0, claimed + 1.1 - time.monotonic()))  # both first leases have run out by now
     again = store.claim("other", lease=30)
     assert again.message.provider_message_id == "m1" and again.attempts == 2
     assert store.claim("other", lease=30) is None  # m2's lease was renewed

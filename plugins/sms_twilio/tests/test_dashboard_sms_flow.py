@@ -102,7 +102,7 @@ def test_add_test_and_activate_an_sms_channel_in_the_dashboard(sandbox, account,
         assert post_inbound(server.url, account.auth_token, account.sid, "too early").status_code == 404
 
         # the test's "Testing…" state (Twilio made slow for one request), then the plugin's words
-        sandbox.inject(method="GET", path_suffix=f"/Accounts/{account.sid}.json", status=None, delay=1.0)
+        sandbox.inject(method="GET", path_suffix=f"/Accounts/{account.sid}.json", status=None, delay=3.0)
         page.get_by_test_id("test-connection").click()
         expect(page.get_by_test_id("test-connection")).to_have_text("Testing…")
         expect(page.get_by_test_id("test-connection")).to_be_disabled()

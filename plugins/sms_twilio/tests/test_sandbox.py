@@ -54,7 +54,7 @@ from sophon_sms_twilio.sandbox import (
 from sophon_sms_twilio.sandbox import server as sandbox_server
 
 HTTP_TIMEOUT = 5  # seconds, for every client call a test makes
-PER_TEST_LIMIT = 20  # seconds; a hung test dumps its stacks and ends the run
+PER_TEST_LIMIT = 60  # seconds; a hung test dumps its stacks and ends the run
 
 # --------------------------------------------------------------------------------------
 # The contract
@@ -739,11 +739,12 @@ def test_inject_delay(world):
         world.client().messages.create(to="+15551230001", from_="+15005550006", body="x")
     assert time.monotonic() - started >= 0.4 and raised.value.status == 503 and raised.value.code == 20503
 
-    world.sandbox.inject(delay=1.0, status=500)  # slower than the client will wait
+    world.sandbox.inject(delay=2.0, status=500)  # slower than the client will wait
+    impatient = world.client(timeout=0.2)
     started = time.monotonic()
     with pytest.raises(requests.exceptions.Timeout):
-        world.client(timeout=0.2).messages.create(to="+15551230001", from_="+15005550006", body="x")
-    assert time.monotonic() - started < 0.9
+        impatient.messages.create(to="+15551230001", from_="+15005550006", body="x")
+    assert time.monotonic() - started < 2.0  # it gave up before the answer came
 
 
 def test_unknown_paths_and_methods(world):
@@ -900,11 +901,11 @@ def test_send_inbound_failures_are_bounded_and_clear(world, monkeypatch):
     assert time.monotonic() - started < 5
 
     monkeypatch.setattr(sandbox_server, "WEBHOOK_TIMEOUT", 0.3)
-    with Receiver(lambda receiver, req: (time.sleep(1.0), (200, ""))[1]) as slow:
+    with Receiver(lambda receiver, req: (time.sleep(2.0), (200, ""))[1]) as slow:
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="did not answer within 0.3s"):
             world.sandbox.send_inbound(from_="+15551230001", to="+15005550006", body="x", url=slow.url())
-        assert time.monotonic() - started < 0.9
+        assert time.monotonic() - started < 2.0  # it gave up before the answer came
 
 
 def test_replying_stop_opts_the_phone_out(world):

@@ -47,7 +47,7 @@ from sophon_sms_twilio.sandbox import (
 from sophon_sms_twilio.sandbox import server as sandbox_server
 
 HTTP_TIMEOUT = 5  # seconds, for every client call a test makes
-PER_TEST_LIMIT = 20  # seconds; a hung test dumps its stacks and ends the run
+PER_TEST_LIMIT = 60  # seconds; a hung test dumps its stacks and ends the run
 
 SENDER = "+15005550020"  # the account's WhatsApp sender
 SMS_ONLY = "+15005550006"  # the account's number that is not on WhatsApp

@@ -155,7 +155,9 @@ def test_signed_whatsapp_message_to_gunicorn_is_answered_through_twilios_api(san
     assert "X-Twilio-Signature does not match" in text
     assert account.auth_token not in text
 
-    # the operator's view of what happened
+    # the operator's view of what happened, once the second reply's reports were answered too
+    meta_callbacks = sandbox.wait_for_callbacks(2, message_sid=meta_reply["sid"], timeout=10)
+    assert [(c["form"]["MessageStatus"], c["status"]) for c in meta_callbacks] == [("sent", 200), ("delivered", 200)]
     cli_env = {**os.environ, **env}
     out = subprocess.run([*SOPHON, "messages", "--json"], env=cli_env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
