@@ -771,7 +771,13 @@ class Bench:
                 info["checks"] = checks
                 points.append(point)
             if agent != "default":
-                info["running_jobs"] = self.query(srv.db, "SELECT COUNT(*) FROM jobs WHERE state = 'running'")[0][0]
+                # (the sender may still be yielding to the load that just stopped: HOLD s at most)
+                deadline = time.monotonic() + 3.0
+                while True:
+                    info["running_jobs"] = self.query(srv.db, "SELECT COUNT(*) FROM jobs WHERE state = 'running'")[0][0]
+                    if info["running_jobs"] or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.1)
                 if self.p.name == "smoke":  # the slow agent does answer, after its time
                     info["slow_reply_delay_s"] = self.wait_slow_reply(srv, start)
             info["rss"] = self.sample_rss(srv, section)
