@@ -282,7 +282,7 @@ class Bench:
     def __init__(self, profile: Profile, *, out: Path, only: Sequence[str], wrk: str, wrk_version: str,
                  wrk_threads: int, gunicorn_threads: int, access_log: bool, keep: bool, seconds: float | None,
                  ack_servers: Sequence[str] = ACK_SERVERS, pin: bool | None = None, replies: str = "sender",
-                 rounds: int = 1, ack_variants: Sequence[tuple[str, str]] = ()):
+                 rounds: int = 1, ack_variants: Sequence[tuple[str, str]] = (), ack_prefill: int = 0):
         from sophon_sms_twilio.sandbox import Sandbox
 
         from sophon_core.testing import free_port
@@ -301,6 +301,7 @@ class Bench:
         # (environment variable, value): more Sophon FULL servers in the ack section, for A/B runs
         self.ack_variants = {variant_name(k, v): {k: v} for k, v in ack_variants}
         self.rounds = max(1, rounds)  # the ack and history sections' servers, this many times over, interleaved
+        self.ack_prefill = ack_prefill  # answered conversations in each ack-section Sophon store before it starts
         self.wrk, self.wrk_version, self.wrk_threads = wrk, wrk_version, wrk_threads
         self.threads = gunicorn_threads
         self.access_log = access_log
@@ -802,13 +803,14 @@ class Bench:
         return None
 
     def section_ack(self) -> dict:
-        """Every server of ``--ack-servers`` at every point, ``--rounds`` times over: each round
-        starts every server afresh. The servers compared run back to back: per worker count,
-        the references, then Sophon and its variants, in that order on odd rounds and the
-        reverse on even ones, so that a machine that slowly speeds up or slows down (shared
-        hosts do, by 20% within minutes) favours neither side. The ratios compare each
-        point's median req/s (and p99) across the rounds; with several rounds each ratio
-        also gets the median and the range of the per-round ratios."""
+        """Every server of ``--ack-servers`` at every point, ``--rounds`` times over. Every point
+        gets servers of its own, started afresh (so a Sophon point never finds the store another
+        point grew; ``--ack-prefill`` gives each the same history instead). The servers compared
+        run back to back: per point, the references, then Sophon and its variants, in that order
+        on odd rounds and the reverse on even ones, so that a machine that slowly speeds up or
+        slows down (shared hosts do, by 20% within minutes) favours neither side. The ratios
+        compare each point's median req/s (and p99) across the rounds; with several rounds each
+        ratio also gets the median and the range of the per-round ratios."""
         points: list[Point] = []
         for r in range(1, self.rounds + 1):
             tag = f"-r{r}" if self.rounds > 1 else ""
@@ -816,20 +818,22 @@ class Bench:
             for workers in self.p.ack_workers:
                 runs = [*(kind for kind in ("floor", "quickstart", "FULL", "NORMAL") if kind in self.ack_servers),
                         *self.ack_variants]
-                for kind in (runs if r % 2 else runs[::-1]):
-                    if kind in ("floor", "quickstart"):
-                        with self.server(f"{kind}-w{workers}{tag}", kind, self.reference_env(f"{kind}{tag}"),
-                                         workers) as srv:
-                            self.warmup(srv)
-                            for c in self.p.ack_connections:
+                for c in self.p.ack_connections:
+                    for kind in (runs if r % 2 else runs[::-1]):
+                        if kind in ("floor", "quickstart"):
+                            with self.server(f"{kind}-w{workers}-c{c}{tag}", kind,
+                                             self.reference_env(f"{kind}-c{c}{tag}"), workers) as srv:
+                                self.warmup(srv)
                                 got.append(self.load(srv, self.p.seconds, c))
-                            self.sample_rss(srv, "ack")
-                    else:  # Sophon FULL or NORMAL, or a variant (of FULL)
-                        variant = None if kind in ("FULL", "NORMAL") else kind
-                        run, _ = self.sophon_run(f"sophon-{kind.replace(' ', '-')}-w{workers}{tag}",
-                                                 "FULL" if variant else kind, workers, self.p.ack_connections,
-                                                 section="ack", variant=variant)
-                        got.extend(run)
+                                self.sample_rss(srv, "ack")
+                        else:  # Sophon FULL or NORMAL, or a variant (of FULL)
+                            variant = None if kind in ("FULL", "NORMAL") else kind
+                            run, info = self.sophon_run(f"sophon-{kind.replace(' ', '-')}-w{workers}-c{c}{tag}",
+                                                        "FULL" if variant else kind, workers, [c], section="ack",
+                                                        variant=variant, prefill=self.ack_prefill)
+                            for point in run:
+                                point.extra["prefill_inbound"] = info.get("prefill_inbound", 0)
+                            got.extend(run)
             for point in got:
                 point.extra["round"] = r
             points.extend(got)
@@ -860,7 +864,7 @@ class Bench:
                                 round(statistics.median(per_round), 3) if per_round else None)
                 ratios.append(row)
         return {"ok": all(p.ok for p in points), "points": [p.to_json() for p in points], "ratios": ratios,
-                "rounds": self.rounds, "variants": self.ack_variants,
+                "rounds": self.rounds, "variants": self.ack_variants, "prefill": self.ack_prefill,
                 "medians": [{"server": k[0], "workers": k[1], "connections": k[2], "rps": v[0], "p99_ms": v[1]}
                             for k, v in sorted(median.items())],
                 "note": "Sophon answers every message through its pipeline (default agent, replies POSTed to the "
@@ -1476,6 +1480,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="one more Sophon FULL server in the ack section, with this environment variable set (e.g. "
                          "SOPHON_SENDER_NICE=idle), interleaved with the others in every round and compared with "
                          "them; may be repeated")
+    ap.add_argument("--ack-prefill", type=int, default=0, metavar="N",
+                    help="the ack section's Sophon stores start with N answered conversations (spread over 30 "
+                         "days, as the history section's), so that every point measures a grown store "
+                         "(default 0: each point on a new store)")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON results file (default bench/results/latest.json, smoke: bench/results/smoke.json)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per wrk point (overrides the mode)")
@@ -1484,7 +1492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "A/B runs of the 1-worker points")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the ack, slow and history sections' servers this many times, interleaved (every server "
-                         "once, then again; in the ack section back to back per worker count, in reverse order on "
+                         "once, then again; in the ack section back to back per point, in reverse order on "
                          "even rounds); the ratios use each point's median, with the median and the range of the "
                          "per-round ratios")
     ap.add_argument("--wrk-threads", type=int, default=2)
@@ -1514,6 +1522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not eq or not var.startswith("SOPHON_") or not var[7:].replace("_", "").isalnum():
             ap.error(f"--ack-variant takes SOPHON_NAME=VALUE (e.g. SOPHON_SENDER_NICE=19), not {raw!r}")
         variants.append((var, value))
+    if args.ack_prefill < 0:
+        ap.error(f"--ack-prefill takes a number of conversations, 0 or more, not {args.ack_prefill}")
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
     if args.ack_workers:
         try:
@@ -1533,7 +1543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = Bench(profile, out=out, only=only, wrk=found["wrk"], wrk_version=found["wrk_version"],
                   wrk_threads=args.wrk_threads, gunicorn_threads=args.threads, access_log=args.access_log,
                   keep=args.keep, seconds=args.seconds, ack_servers=ack_servers, pin=args.pin,
-                  replies=args.replies, rounds=args.rounds, ack_variants=variants)
+                  replies=args.replies, rounds=args.rounds, ack_variants=variants, ack_prefill=args.ack_prefill)
     try:
         result = bench.run()
     finally:

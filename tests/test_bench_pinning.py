@@ -55,6 +55,7 @@ def test_sophon_serve_runs_the_same_gunicorn_command_line_as_the_reference_apps(
     (["--ack-variant", "SOPHON_SENDER_NICE"], "--ack-variant takes SOPHON_NAME=VALUE"),
     (["--ack-workers", "0"], "--ack-workers takes worker counts"),
     (["--ack-workers", "one"], "--ack-workers takes worker counts"),
+    (["--ack-prefill", "-5"], "--ack-prefill takes a number of conversations, 0 or more"),
 ])
 def test_bad_bench_options_say_what_to_write_before_anything_runs(args, says, capsys, monkeypatch):
     import sophon_bench

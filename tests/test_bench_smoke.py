@@ -160,13 +160,14 @@ def test_bench_smoke_is_correct(tmp_path):
 def test_bench_rounds_interleave_the_servers_and_compare_medians(tmp_path):
     """``--rounds 2``: every server twice, back to back, the second round in reverse order (a
     drifting machine favours no side), and the ratio is that of the two medians, inside the
-    range of the per-round ratios, whose median is reported too."""
+    range of the per-round ratios, whose median is reported too. ``--ack-prefill``: each Sophon
+    store starts with that history."""
     import statistics
 
     out = tmp_path / "rounds.json"
     venv = Path(sys.prefix)
     args = ["--smoke", "--only", "ack,slow,history", "--rounds", "2", "--ack-servers", "quickstart,FULL",
-            "--ack-variant", "SOPHON_SENDER_NICE=idle", "--out", str(out)]
+            "--ack-variant", "SOPHON_SENDER_NICE=idle", "--ack-prefill", "300", "--out", str(out)]
     cmd = ([str(RUN), *args] if (venv / ".installed").exists()
            else [sys.executable, str(REPO / "bench" / "sophon_bench.py"), *args])
     run = subprocess.run(cmd, env={**os.environ, "SOPHON_VENV": str(venv)}, check=False, capture_output=True,
@@ -181,6 +182,9 @@ def test_bench_rounds_interleave_the_servers_and_compare_medians(tmp_path):
                      ("sophon", variant, 2), ("sophon", None, 2), ("quickstart", None, 2)], order
     for p in ack["points"]:
         check_point(p)
+    # --ack-prefill: every Sophon point's store began with that history (its checks skip it)
+    assert ack["prefill"] == 300
+    assert {p["prefill_inbound"] for p in ack["points"] if p["server"] == "sophon"} == {300}
     # the variant's environment reached its server: its reply sender ran under SCHED_IDLE, the default one at +19
     assert {p["sender_priority"] for p in ack["points"] if p["server"] == "sophon" and not p["variant"]} == {
         "nice +19"}
