@@ -1251,6 +1251,7 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
     idempotency keys of the last ``KEEP_KEYS_SECONDS`` (the ones ``Store.prune`` keeps), in the
     schema of sophon_core.store."""
     from sophon_core.models import InboundMessage
+    from sophon_core.pipeline import peer_session
     from sophon_core.store import KEEP_KEYS_SECONDS, Store, message_json
 
     started = time.monotonic()
@@ -1267,7 +1268,7 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
         peer = senders[i % len(senders)]
         at = now - 30 * 86400 + i * step
         sid = signing.scattered_sid(f"feed:{i}")
-        session = f"agent:{agent}:peer:{channel_id}:{peer}"
+        session = peer_session(agent, channel_id, peer)
         text = f"earlier message {i}"
         reply = f'Sophon default agent. You said: "{text}"'
         in_id, out_id = 2 * i + 1, 2 * i + 2

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from signing import scattered_sid, sender_numbers  # noqa: E402
 from sophon_bench import MAIN_NUMBER, prefill_store  # noqa: E402
 from sophon_core.models import InboundMessage  # noqa: E402
+from sophon_core.pipeline import peer_session  # noqa: E402
 from sophon_core.store import Store  # noqa: E402
 
 CHANNEL = "sms"
@@ -52,7 +53,7 @@ def message(n: int, prefix: str) -> tuple[InboundMessage, str, str]:
     sid = scattered_sid(f"{prefix}:{n}")
     msg = InboundMessage(channel_id=CHANNEL, provider_message_id=sid, sender=sender, recipient=MAIN_NUMBER,
                          text=f"bench m{n:x}", metadata={"FromState": "CA", "FromCountry": "US", "NumSegments": "1"})
-    return msg, f"agent:default:peer:{CHANNEL}:{sender}", f"sms:{prefix}-{sid}"
+    return msg, peer_session("default", CHANNEL, sender), f"sms:{prefix}-{sid}"
 
 
 def run(store: Store, threads: int, first: int, count: int, prefix: str) -> dict:

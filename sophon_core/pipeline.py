@@ -74,8 +74,13 @@ def session_for(channel: Channel, peer: str) -> str:
     """``main-session``: one session per agent; ``per-peer``: one per sender and channel."""
     agent = channel.routing.agent_id
     if channel.routing.dm_behavior == "per-peer":
-        return f"agent:{agent}:peer:{channel.id}:{peer}"
+        return peer_session(agent, channel.id, peer)
     return f"agent:{agent}:main"
+
+
+def peer_session(agent_id: str, channel_id: str, peer: str) -> str:
+    """The session key of one sender on one channel (``dmBehavior: per-peer``)."""
+    return f"agent:{agent_id}:peer:{channel_id}:{peer}"
 
 
 def backoff(attempt: int, base: float, retry_after: float | None = None) -> float:
