@@ -85,6 +85,16 @@ def pids_logging(log: Path, pattern: str) -> set[int]:
     return {int(m.group(1)) for m in re.finditer(r"\[(\d+)\] [A-Z]+ [\w.]+: " + pattern, text)}
 
 
+def wait_until_serving(log: Path, workers: set[int], timeout: float = 30.0) -> None:
+    """Until every worker has built its app (its ``serving ...`` log line): `gunicorn()` returns
+    once one worker answers /healthz, and webhooks sent while the other still loads all go to
+    the first."""
+    deadline = time.monotonic() + timeout
+    while pids_logging(log, r"serving \d+ channel type") < workers:
+        assert time.monotonic() < deadline, f"not every worker of {sorted(workers)} started serving in {timeout} s"
+        time.sleep(0.05)
+
+
 def concurrently(fn, args):
     results = [None] * len(args)
 
@@ -121,6 +131,7 @@ def test_metrics_are_summed_across_two_gunicorn_workers(sandbox, sms_env, tmp_pa
         assert metrics_dir.is_dir()
         workers = set(srv.worker_pids())
         assert len(workers) == 2
+        wait_until_serving(log, workers)
         acked = r"webhook sms acknowledged"
         sent = 0
         while True:  # batches of 6 concurrent webhooks until both workers answered some
@@ -536,6 +547,7 @@ def test_admin_api_deactivate_and_activate_reach_every_worker(sandbox, sms_env, 
     with gunicorn(w.env, port=w.port, workers=2, log=log) as srv:
         workers = set(srv.worker_pids())
         assert len(workers) == 2
+        wait_until_serving(log, workers)
         assert batch() == {200}
         r = api(srv.url, "POST", f"/api/channels/{CHANNEL}/deactivate", ADMIN)
         assert r.status_code == 200 and (r.json()["enabled"], r.json()["status"]) == (False, "disabled")
