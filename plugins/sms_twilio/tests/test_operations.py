@@ -140,7 +140,7 @@ def test_metrics_are_summed_across_two_gunicorn_workers(sandbox, sms_env, tmp_pa
                                     batch)
             assert statuses == [(200, EMPTY_TWIML)] * len(batch)
             sent += len(batch)
-            if pids_logging(log, acked) == workers or sent >= 36:
+            if pids_logging(log, acked) == workers or sent >= 60:
                 break
         assert pids_logging(log, acked) == workers, "every webhook went to one worker"
         n = sent
