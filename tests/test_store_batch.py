@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 import threading
 import time
 from contextlib import contextmanager
@@ -297,13 +298,61 @@ def test_commits_leave_the_log_to_the_background_checkpoint_which_copies_all_of_
     monkeypatch.setattr(store, "_conn", lambda: spy)
     store.checkpoint()
     monkeypatch.undo()
-    [[(busy, log, done)]] = spy.results
+    first, *rest = spy.results
+    [(busy, log, done)] = first
     # nothing was checkpointed by the commits (the log holds every frame they wrote) ...
     assert log >= 2500 and log == frames(), (log, frames())
-    # ... and the background checkpoint copied all of it
+    # ... and the background checkpoint's first, passive pass copied all of it (no commit
+    # came meanwhile: its second pass, in the write lock, found nothing left)
     assert busy == 0 and done == log
+    assert rest == [[(0, log, log)]], rest
     assert (tmp_path / "s.db").stat().st_size > db_size_before + 2 * i * page
     assert len(inbound_rows(store.path)) == i
+
+
+def log_restarts(path) -> int:
+    """How many times the store's write-ahead log has started over: the checkpoint sequence
+    number of the log's header (https://www.sqlite.org/fileformat2.html#walformat), which
+    SQLite rewrites, one higher, each time a commit starts the log over."""
+    with open(f"{path}-wal", "rb") as f:
+        return struct.unpack(">I", f.read(16)[12:16])[0]
+
+
+def test_a_checkpoint_lets_the_log_start_over_while_commits_keep_coming(tmp_path, monkeypatch):
+    """Under a steady stream of commits a passive checkpoint never finds the log copied whole
+    when the next write begins (commits append while it copies), so SQLite never starts the
+    log over and it grows until a commit crosses AUTO_CHECKPOINT_PAGES. ``checkpoint``
+    finishes the copy inside the write lock: the commit after it starts the log over."""
+    monkeypatch.setattr(store_mod, "AUTO_CHECKPOINT_PAGES", 10**6)  # only our checkpoints copy the log
+    store = Store(tmp_path / "s.db", synchronous="NORMAL")
+    stop, written = threading.Event(), [0]
+
+    def writer():
+        while not stop.is_set():
+            store.accept_inbound(msg(f"w{written[0]}", text="x" * 600), "s")
+            written[0] += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    restarts, rounds = 0, 0
+    try:
+        deadline = time.monotonic() + 10
+        while written[0] < 200:
+            assert time.monotonic() < deadline, "the writer does not write"
+            time.sleep(0.01)
+        for rounds in range(1, 6):
+            before = log_restarts(store.path)
+            store.checkpoint()
+            settled = time.monotonic() + 2
+            while log_restarts(store.path) == before and time.monotonic() < settled:
+                time.sleep(0.005)  # the writer's next commit starts the log over
+            restarts += log_restarts(store.path) > before
+            time.sleep(0.05)  # a log to copy next time
+    finally:
+        stop.set()
+        t.join(JOIN)
+    assert written[0] > 0 and restarts == rounds, (restarts, rounds, written[0])
+    assert len(inbound_rows(store.path)) == written[0]
 
 
 def checkpointing_thread(rt, monkeypatch) -> str:
