@@ -121,7 +121,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_key, id) WHERE state
 _OPEN = "('queued', 'running')"
 # Pages in the write-ahead log past which a commit checkpoints by itself (about 160 MB):
 # a safety net. ``Store.checkpoint`` (every second) lets the log start over long before,
-# at about 17,000 pages at 2,000 webhooks/s here.
+# at 15,000 pages at most at 2,000 webhooks/s here.
 AUTO_CHECKPOINT_PAGES = 40_000
 # Inbound message ids, webhook idempotency keys and delivery reports still waiting for their
 # message are kept this long (``Store.prune``), so those tables hold a few days of traffic,
@@ -488,9 +488,10 @@ class Store:
         of commits that is not enough: they append to the log while it is copied, and
         SQLite starts the log over only when a write begins on a log copied whole. So a
         second passive pass follows inside the write lock, which copies what was appended
-        during the first one (little): the next commit then starts the log over. Without it the log grew to ``AUTO_CHECKPOINT_PAGES`` and the commit
-        that crossed the mark copied the rest itself, while every other commit waited
-        (README, Performance). The pipeline calls this every second (see ``_open``)."""
+        during the first one (little): the next commit then starts the log over. Without
+        it the log grew to ``AUTO_CHECKPOINT_PAGES`` and the commit that crossed the mark
+        copied the rest itself, while every other commit waited (README, Performance).
+        The pipeline calls this every second (see ``_open``)."""
         db = self._conn()
         rows = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         busy, frames, _ = rows[0] if rows else (0, 0, 0)
