@@ -8,11 +8,19 @@ from email.utils import parsedate_to_datetime
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from requests.adapters import HTTPAdapter
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 TWILIO_API = "https://api.twilio.com"
 TIMEOUT = 15.0  # seconds per REST call
+# Keep-alive connections kept per host. A client is shared by every thread that sends for
+# its channel (the reply sender runs SOPHON_PIPELINE_THREADS per worker: 16 for 2 workers);
+# the SDK keeps cpu_count + 4 (6 on 2 CPUs) and requests 10 for http, so on a small host the
+# extra threads' connections were closed after each reply (a new TCP and TLS handshake for
+# the next one, and a "Connection pool is full" warning). A pool never holds more connections
+# than were open at once, so a large bound costs nothing when fewer threads send.
+POOL_SIZE = 128
 
 _clients: dict[tuple[str, str, str], Client] = {}
 _guard = threading.Lock()
@@ -27,6 +35,8 @@ class _HttpClient(TwilioHttpClient):
         self.base_url = base_url.rstrip("/")
         self._local = threading.local()
         if self.session is not None:
+            for scheme in ("https://", "http://"):  # (http: a local sandbox)
+                self.session.mount(scheme, HTTPAdapter(pool_maxsize=POOL_SIZE))
             self.session.merge_environment_settings = _EnvSettings(self.session.merge_environment_settings)
 
     def request(self, method, url, *args, **kwargs):
