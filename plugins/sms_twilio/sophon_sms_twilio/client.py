@@ -16,7 +16,7 @@ TWILIO_API = "https://api.twilio.com"
 TIMEOUT = 15.0  # seconds per REST call
 # Keep-alive connections kept per host. A client is shared by every thread that sends for
 # its channel (the reply sender runs SOPHON_PIPELINE_THREADS per worker: 16 for 2 workers);
-# the SDK keeps cpu_count + 4 (6 on 2 CPUs) and requests 10 for http, so on a small host the
+# the SDK keeps cpu_count + 4 for https (6 on 2 CPUs), requests its default 10 for http, so the
 # extra threads' connections were closed after each reply (a new TCP and TLS handshake for
 # the next one, and a "Connection pool is full" warning). A pool never holds more connections
 # than were open at once, so a large bound costs nothing when fewer threads send.
