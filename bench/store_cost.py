@@ -5,7 +5,10 @@ in a loop, as gunicorn's request threads of one worker do, on a real SQLite file
 ``FULL`` (each call returns once an fsync of the write-ahead log covers its commit). The
 group commit stores the calls that arrive together in one transaction with one fsync (a
 batch). Each message is what a Twilio webhook brings (a scattered ``MessageSid``, an
-idempotency key, one of 200 senders, per-sender sessions), after ``--prefill`` messages.
+idempotency key, one of 200 senders, per-sender sessions), after ``--prefill`` messages, and
+is checked against the channel's hourly limit per sender as the webhook does (bench/run's
+channels set it out of reach, so every message is answered: each check counts all of that
+sender's messages of the last hour).
 ``--history 0,100000,200000`` measures each thread count again on a store that first holds
 that many answered conversations over 30 days (what ``bench/run``'s history section
 prefills), to see whether a message costs more as the store grows.
@@ -38,13 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from signing import scattered_sid, sender_numbers  # noqa: E402
-from sophon_bench import MAIN_NUMBER, prefill_store  # noqa: E402
+from sophon_bench import MAIN_NUMBER, OPEN_LIMITS, prefill_store  # noqa: E402
 from sophon_core.models import InboundMessage  # noqa: E402
 from sophon_core.pipeline import peer_session  # noqa: E402
 from sophon_core.store import Store  # noqa: E402
 
 CHANNEL = "sms"
 SENDERS = sender_numbers()  # the senders of bench/run's webhooks
+PER_HOUR = OPEN_LIMITS["inboundPerSenderPerHour"]  # bench/run's channels' limits.inboundPerSenderPerHour
 
 
 def message(n: int, prefix: str) -> tuple[InboundMessage, str, str]:
@@ -73,7 +77,7 @@ def run(store: Store, threads: int, first: int, count: int, prefix: str) -> dict
 
     def worker(mine: list) -> None:
         start.wait()
-        got = [store.accept_inbound(msg, session, None, delivery_key=key)[0] for msg, session, key in mine]
+        got = [store.accept_inbound(msg, session, PER_HOUR, delivery_key=key)[0] for msg, session, key in mine]
         with lock:
             outcomes.extend(got)
 

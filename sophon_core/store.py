@@ -112,13 +112,20 @@ CREATE TABLE IF NOT EXISTS pacing (
 );
 
 CREATE INDEX IF NOT EXISTS messages_by_provider_id ON messages (provider_id) WHERE direction = 'out';
--- the per-sender hourly limit counts a sender's recent messages on every webhook
-CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (channel_id, peer, created_at) WHERE direction = 'in';
+-- the per-sender hourly limit counts a sender's recent messages on every webhook; with `direction`
+-- the index alone answers that count (a covering index), else each message counted is also looked
+-- up in the table (replaces messages_by_sender, which lacked it: Store._migrate)
+CREATE INDEX IF NOT EXISTS messages_from_sender
+    ON messages (channel_id, peer, created_at, direction) WHERE direction = 'in';
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state, not_before) WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_key, id) WHERE state IN ('queued', 'running');
 """
 
 _OPEN = "('queued', 'running')"
+# A sender's inbound messages since a moment, counted up to a limit (the hourly limit per sender,
+# on every webhook): read from messages_from_sender alone.
+HOURLY_COUNT = ("SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE direction = 'in' AND channel_id = ?"
+                " AND peer = ? AND created_at >= ? LIMIT ?)")
 # Pages in the write-ahead log past which a commit checkpoints by itself (about 160 MB):
 # a safety net. ``Store.checkpoint`` (every second) lets the log start over long before,
 # at 15,000 pages at most at 2,000 webhooks/s here.
@@ -255,7 +262,8 @@ class Store:
 
     def _migrate(self) -> None:
         """Bring a store made by an older version up to date (columns added since; the unique
-        index on inbound provider ids replaced by ``inbound_ids``)."""
+        index on inbound provider ids replaced by ``inbound_ids``; ``messages_by_sender``
+        replaced by ``messages_from_sender``, made by ``_SCHEMA``)."""
         db = self._conn()
         if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'messages_inbound_once'").fetchone():
             with self._write(durable=True) as tx:  # (another worker may have done it meanwhile: idempotent)
@@ -263,6 +271,8 @@ class Store:
                            " WHERE direction = 'in' AND provider_id IS NOT NULL AND created_at >= ?",
                            (time.time() - KEEP_KEYS_SECONDS,))
                 tx.execute("DROP INDEX IF EXISTS messages_inbound_once")
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'messages_by_sender'").fetchone():
+            db.execute("DROP INDEX IF EXISTS messages_by_sender")  # (messages_from_sender covers its query)
         columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
         if "media" not in columns:
             try:
@@ -652,9 +662,7 @@ class Store:
         # (counts no further than the limit: a sender flooding the number costs each of its
         # messages the same, not one more index entry per message it sent this hour)
         limited = max_per_hour is not None and db.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
-            " AND created_at >= ? LIMIT ?)", (msg.channel_id, msg.sender, now - 3600, max_per_hour)
-        ).fetchone()[0] >= max_per_hour
+            HOURLY_COUNT, (msg.channel_id, msg.sender, now - 3600, max_per_hour)).fetchone()[0] >= max_per_hour
         row = self._insert_inbound(db, msg, session_key, "rate-limited" if limited else "received")
         if row is None:
             return ("duplicate", None), {}

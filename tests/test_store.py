@@ -9,7 +9,7 @@ import pytest
 
 from sophon_core.models import DroppedAttachment, InboundMessage
 from sophon_core.pipeline import STATUS_RANK
-from sophon_core.store import LeaseLost, Store
+from sophon_core.store import HOURLY_COUNT, LeaseLost, Store
 
 
 def msg(mid, text="hi", sender="+1555", **kw):
@@ -254,9 +254,9 @@ def test_the_queries_of_every_webhook_and_reply_use_indexes(tmp_path):
     def plan(sql, params):
         return " | ".join(row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params))
 
-    hourly = plan("SELECT COUNT(*) FROM messages WHERE direction = 'in' AND channel_id = ? AND peer = ?"
-                  " AND created_at >= ?", ("c", "+1555", 0.0))
-    assert "messages_by_sender" in hourly, hourly
+    # the index alone: no table row read for each message the hourly limit counts
+    hourly = plan(HOURLY_COUNT, ("c", "+1555", 0.0, 60))
+    assert "USING COVERING INDEX messages_from_sender" in hourly, hourly
     history = plan("SELECT direction, text FROM messages WHERE session_key = ? AND COALESCE(reply_to, id) < ?"
                    " ORDER BY COALESCE(reply_to, id) DESC, id DESC LIMIT 20", ("s", 10))
     assert "messages_by_turn" in history, history
@@ -411,6 +411,25 @@ def test_a_store_with_the_old_unique_index_keeps_recent_ids_and_drops_the_index(
         assert db.execute("SELECT provider_id FROM inbound_ids").fetchall() == [("recent",)]
     assert upgraded.accept_inbound(msg("recent"), "s") == ("duplicate", None)
     assert Store(path).accept_inbound(msg("new"), "s")[0] == "queued"  # (opened again: nothing to do)
+
+
+def test_a_store_of_an_older_version_gets_the_covering_sender_index(tmp_path):
+    """Stores made before messages_from_sender had messages_by_sender (no ``direction``): it is
+    replaced when the store is opened, and the hourly limit still counts what was stored."""
+    path = tmp_path / "s.db"
+    store = Store(path)
+    for n in range(3):
+        assert store.accept_inbound(msg(f"m{n}"), "s", max_per_hour=10)[0] == "queued"
+    with sqlite3.connect(path) as db:  # what the older version had
+        db.execute("DROP INDEX messages_from_sender")
+        db.execute("CREATE INDEX messages_by_sender ON messages (channel_id, peer, created_at) WHERE direction = 'in'")
+    store._conn().close()
+    upgraded = Store(path)
+    with sqlite3.connect(path) as db:
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "messages_from_sender" in names and "messages_by_sender" not in names, names
+    assert upgraded.accept_inbound(msg("m3"), "s", max_per_hour=4)[0] == "queued"
+    assert upgraded.accept_inbound(msg("m4"), "s", max_per_hour=4)[0] == "rate-limited"  # 4 in the hour
 
 
 def test_the_pipeline_prunes_old_webhook_keys(make_runtime):
