@@ -272,7 +272,8 @@ class Store:
                            (time.time() - KEEP_KEYS_SECONDS,))
                 tx.execute("DROP INDEX IF EXISTS messages_inbound_once")
         if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'messages_by_sender'").fetchone():
-            db.execute("DROP INDEX IF EXISTS messages_by_sender")  # (messages_from_sender covers its query)
+            with self._write(durable=True) as tx:  # (messages_from_sender covers its query)
+                tx.execute("DROP INDEX IF EXISTS messages_by_sender")
         columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
         if "media" not in columns:
             try:
