@@ -113,8 +113,9 @@ CREATE TABLE IF NOT EXISTS pacing (
 
 CREATE INDEX IF NOT EXISTS messages_by_provider_id ON messages (provider_id) WHERE direction = 'out';
 -- the per-sender hourly limit counts a sender's recent messages on every webhook; with `direction`
--- the index alone answers that count (a covering index), else each message counted is also looked
--- up in the table (replaces messages_by_sender, which lacked it: Store._migrate)
+-- the index alone answers that count (a covering index), else SQLite before 3.51 (3.40 in Debian 12)
+-- also looks up each counted message in the table (replaces messages_by_sender, which lacked it:
+-- Store._migrate)
 CREATE INDEX IF NOT EXISTS messages_from_sender
     ON messages (channel_id, peer, created_at, direction) WHERE direction = 'in';
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state, not_before) WHERE state IN ('queued', 'running');
