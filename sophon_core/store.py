@@ -266,13 +266,18 @@ class Store:
         index on inbound provider ids replaced by ``inbound_ids``; ``messages_by_sender``
         replaced by ``messages_from_sender``, made by ``_SCHEMA``)."""
         db = self._conn()
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'messages_inbound_once'").fetchone():
+
+        def has_index(name: str) -> bool:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                              (name,)).fetchone() is not None
+
+        if has_index("messages_inbound_once"):
             with self._write(durable=True) as tx:  # (another worker may have done it meanwhile: idempotent)
                 tx.execute("INSERT OR IGNORE INTO inbound_ids SELECT channel_id, provider_id, created_at FROM messages"
                            " WHERE direction = 'in' AND provider_id IS NOT NULL AND created_at >= ?",
                            (time.time() - KEEP_KEYS_SECONDS,))
                 tx.execute("DROP INDEX IF EXISTS messages_inbound_once")
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'messages_by_sender'").fetchone():
+        if has_index("messages_by_sender"):
             with self._write(durable=True) as tx:  # (messages_from_sender covers its query)
                 tx.execute("DROP INDEX IF EXISTS messages_by_sender")
         columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
