@@ -13,22 +13,30 @@ sender's messages of the last hour).
 that many answered conversations over 30 days (what ``bench/run``'s history section
 prefills), to see whether a message costs more as the store grows.
 
-Prints, per thread count, the process's CPU time per message, messages/s, the batches
-(one commit and one fsync each) and their mean size, and checks that every message was
+``--processes 1,2`` measures each thread count again with that many processes, each with
+its own ``Store`` on the same file and that many threads, as gunicorn's workers share a
+data folder: each process group-commits its own calls, and each commit of one empties
+the SQLite page cache of the others (they read their pages again: ``reads``).
+
+Prints, per row, the CPU time per message (of every process), messages/s, the batches
+(one commit and one fsync each) and their mean size, the read system calls per message
+(``/proc/self/io``: pages SQLite reads from the OS), and checks that every message was
 stored once with its job. With one thread each message is a batch of its own; with more,
 the calls that wait for a batch's fsync make the next one. CPU time, not wall time: the
 machine's speed still moves it (compare figures of one run), the disk's latency does not.
 No network.
 
-    .venv/bin/python bench/store_cost.py [--threads 1,2,4,8,16] [--messages 4000]
-        [--prefill 2000] [--history 0] [--cpu 0] [--out FILE]
+    .venv/bin/python bench/store_cost.py [--threads 1,2,4,8,16] [--processes 1]
+        [--messages 4000] [--prefill 2000] [--history 0] [--cpu 0] [--out FILE]
 
-``--cpu N`` pins the process to CPU N first (as ``bench/run`` pins the servers).
+``--messages`` is per row, split evenly among its processes. ``--cpu N`` pins the
+processes to CPU N first (as ``bench/run`` pins the servers).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sqlite3
 import sys
@@ -60,6 +68,15 @@ def message(n: int, prefix: str) -> tuple[InboundMessage, str, str]:
     return msg, peer_session("default", CHANNEL, sender), f"sms:{prefix}-{sid}"
 
 
+def read_calls() -> int | None:
+    """Read system calls of this process so far (Linux ``/proc/self/io``), None elsewhere."""
+    try:
+        with open("/proc/self/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("syscr:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def run(store: Store, threads: int, first: int, count: int, prefix: str) -> dict:
     """``count`` messages from ``threads`` threads at once; what it cost."""
     batches = 0
@@ -85,15 +102,53 @@ def run(store: Store, threads: int, first: int, count: int, prefix: str) -> dict
     for t in pool:
         t.start()
     start.wait()
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu, wall, reads = time.process_time(), time.perf_counter(), read_calls()
     for t in pool:
         t.join()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    reads = None if reads is None else read_calls() - reads
     store.on_queued = None
     if outcomes.count("queued") != count:
         raise SystemExit(f"store_cost: {count - outcomes.count('queued')} of {count} messages not queued")
     return {"threads": threads, "messages": count, "batches": batches, "batch_mean": count / max(1, batches),
-            "cpu_us_per_message": cpu / count * 1e6, "messages_per_s": count / wall}
+            "cpu_us_per_message": cpu / count * 1e6, "messages_per_s": count / wall,
+            "reads_per_message": None if reads is None else reads / count,
+            "cpu_s": cpu, "wall_s": wall, "reads": reads}
+
+
+def _child(path: Path, threads: int, first: int, count: int, prefix: str, go, results) -> None:
+    """One process of a row: a ``Store`` of its own on the shared file (opened after the fork)."""
+    try:
+        store = Store(path, synchronous="FULL")
+        go.wait()
+        results.put(run(store, threads, first, count, prefix))
+    except BaseException as exc:  # (reported, so that the parent never waits for a result that will not come)
+        results.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def run_processes(path: Path, processes: int, threads: int, first: int, count: int, prefix: str) -> dict:
+    """``count`` messages from ``processes`` processes of ``threads`` threads each, all at once."""
+    ctx = multiprocessing.get_context("fork")
+    go, results = ctx.Barrier(processes), ctx.Queue()
+    shares = [count // processes + (1 if k < count % processes else 0) for k in range(processes)]
+    starts = [first + sum(shares[:k]) for k in range(processes)]
+    children = [ctx.Process(target=_child, args=(path, threads, starts[k], shares[k], prefix, go, results))
+                for k in range(processes)]
+    for child in children:
+        child.start()
+    got = [results.get(timeout=600) for _ in children]
+    for child in children:
+        child.join()
+    failed = [g["error"] for g in got if "error" in g] + [
+        f"a process exited with {c.exitcode}" for c in children if c.exitcode]
+    if failed:
+        raise SystemExit("; ".join(failed))
+    batches = sum(g["batches"] for g in got)
+    reads = None if any(g["reads"] is None for g in got) else sum(g["reads"] for g in got)
+    return {"threads": threads, "messages": count, "batches": batches, "batch_mean": count / max(1, batches),
+            "cpu_us_per_message": sum(g["cpu_s"] for g in got) / count * 1e6,
+            "messages_per_s": count / max(g["wall_s"] for g in got),
+            "reads_per_message": None if reads is None else reads / count}
 
 
 def stored(path: Path) -> tuple[int, int, int]:
@@ -106,8 +161,9 @@ def stored(path: Path) -> tuple[int, int, int]:
         db.close()
 
 
-def measure(folder: Path, history: int, counts: list[int], args: argparse.Namespace) -> tuple[list[dict], dict]:
-    """Every thread count on a fresh store holding ``history`` answered conversations first."""
+def measure(folder: Path, history: int, counts: list[int], procs: list[int],
+            args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """Every process and thread count on a fresh store holding ``history`` answered conversations first."""
     path = folder / f"history-{history}" / "sophon.db"
     path.parent.mkdir()
     if history:  # the rows of bench/run's history section
@@ -117,10 +173,17 @@ def measure(folder: Path, history: int, counts: list[int], args: argparse.Namesp
     if args.prefill:
         run(store, 8, 0, args.prefill, prefix)
     rows, first = [], args.prefill
-    for threads in counts:
-        store.checkpoint()  # (the pipeline's heartbeat does this every second)
-        rows.append({"history": history, **run(store, threads, first, args.messages, prefix)})
-        first += args.messages
+    for processes in procs:
+        for threads in counts:
+            store.checkpoint()  # (the pipeline's heartbeat does this every second)
+            if processes == 1:
+                got = run(store, threads, first, args.messages, prefix)
+                for key in ("cpu_s", "wall_s", "reads"):
+                    del got[key]
+            else:
+                got = run_processes(path, processes, threads, first, args.messages, prefix)
+            rows.append({"history": history, "processes": processes, **got})
+            first += args.messages
     count, distinct, jobs = stored(path)
     return rows, {"history": history, "stored": count, "distinct": distinct, "jobs": jobs,
                   "expected": history + first, "bytes": sum(f.stat().st_size for f in path.parent.iterdir())}
@@ -139,7 +202,11 @@ def numbers(ap: argparse.ArgumentParser, option: str, text: str, least: int) -> 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", default="1,2,4,8,16", help="comma-separated thread counts (default 1,2,4,8,16)")
-    ap.add_argument("--messages", type=int, default=4000, help="messages per thread count (default 4000)")
+    ap.add_argument("--processes", default="1",
+                    help="comma-separated process counts, each process with its own Store on the same file "
+                         "(default 1)")
+    ap.add_argument("--messages", type=int, default=4000,
+                    help="messages per row, split among its processes (default 4000)")
     ap.add_argument("--prefill", type=int, default=2000, help="messages stored before measuring (default 2000)")
     ap.add_argument("--history", default="0",
                     help="comma-separated sizes of a history of answered conversations to store first, each "
@@ -149,8 +216,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     counts = numbers(ap, "--threads", args.threads, 1)
     sizes = numbers(ap, "--history", args.history, 0)
-    if args.messages < max(counts):
-        ap.error(f"--messages {args.messages}: give at least the largest thread count ({max(counts)})")
+    procs = numbers(ap, "--processes", args.processes, 1)
+    if args.messages < max(counts) * max(procs):
+        ap.error(f"--messages {args.messages}: give at least the largest thread count times the largest "
+                 f"process count ({max(counts) * max(procs)})")
     if args.prefill < 0:
         ap.error(f"--prefill {args.prefill}: give 0 or more")
     if len(set(sizes)) != len(sizes):
@@ -164,15 +233,16 @@ def main(argv: list[str] | None = None) -> dict:
     rows, stores = [], []
     with tempfile.TemporaryDirectory(prefix="sophon-store-cost-") as tmp:
         for history in sizes:
-            got, store = measure(Path(tmp), history, counts, args)
+            got, store = measure(Path(tmp), history, counts, procs, args)
             rows += got
             stores.append(store)
     result = {"rows": rows, "stores": stores, "cpu": args.cpu, "sqlite": sqlite3.sqlite_version}
-    print(f"{'history':>7} {'threads':>7} {'messages':>8} {'batches':>7} {'mean batch':>10} "
-          f"{'CPU us/message':>14} {'messages/s':>10}")
+    print(f"{'history':>7} {'processes':>9} {'threads':>7} {'messages':>8} {'batches':>7} {'mean batch':>10} "
+          f"{'CPU us/message':>14} {'messages/s':>10} {'reads/message':>13}")
     for r in rows:
-        print(f"{r['history']:>7} {r['threads']:>7} {r['messages']:>8} {r['batches']:>7} {r['batch_mean']:>10.1f} "
-              f"{r['cpu_us_per_message']:>14.0f} {r['messages_per_s']:>10.0f}")
+        reads = "-" if r["reads_per_message"] is None else f"{r['reads_per_message']:.1f}"
+        print(f"{r['history']:>7} {r['processes']:>9} {r['threads']:>7} {r['messages']:>8} {r['batches']:>7} "
+              f"{r['batch_mean']:>10.1f} {r['cpu_us_per_message']:>14.0f} {r['messages_per_s']:>10.0f} {reads:>13}")
     wrong = []
     for st in stores:
         print(f"history {st['history']}: stored {st['stored']} inbound messages ({st['distinct']} distinct) and "

@@ -40,10 +40,30 @@ def test_every_message_is_stored_once_and_batches_are_counted(store_cost, tmp_pa
     assert "mean batch" in printed and "history 60: stored 148 inbound messages (148 distinct) and 148 jobs" in printed
 
 
+def test_two_processes_share_one_store_and_each_message_is_stored_once(store_cost, tmp_path, capsys):
+    result = store_cost.main(["--threads", "1,3", "--processes", "1,2", "--messages", "30", "--prefill", "6",
+                              "--out", str(tmp_path / "cost.json")])
+    (st,) = result["stores"]
+    assert st["stored"] == st["distinct"] == st["jobs"] == st["expected"] == 6 + 4 * 30, st
+    assert [(r["processes"], r["threads"]) for r in result["rows"]] == [(1, 1), (1, 3), (2, 1), (2, 3)]
+    for row in result["rows"]:
+        assert row["messages"] == 30 and row["cpu_us_per_message"] > 0 and row["messages_per_s"] > 0
+        assert row["reads_per_message"] is not None and row["reads_per_message"] >= 0  # (Linux: /proc/self/io)
+        if row["threads"] == 1:  # one thread per process: each call a batch of its own, in either process
+            assert (row["batches"], row["batch_mean"]) == (30, 1.0), row
+        else:  # a batch holds at most one call of each thread of its process
+            assert 30 / (3 * row["processes"]) <= row["batches"] <= 30, row
+    assert "processes" in capsys.readouterr().out.splitlines()[0]
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--threads", "one"], "--threads takes comma-separated numbers"),
     (["--threads", "0"], "--threads: each number must be 1 or more"),
-    (["--threads", "1,8", "--messages", "4"], "--messages 4: give at least the largest thread count (8)"),
+    (["--threads", "1,8", "--messages", "4"],
+     "--messages 4: give at least the largest thread count times the largest process count (8)"),
+    (["--threads", "4", "--processes", "1,3", "--messages", "10"],
+     "--messages 10: give at least the largest thread count times the largest process count (12)"),
+    (["--processes", "0"], "--processes: each number must be 1 or more"),
     (["--prefill", "-1"], "--prefill -1: give 0 or more"),
     (["--history", "0,-5"], "--history: each number must be 0 or more"),
     (["--history", "10,10"], "--history: each size once"),
