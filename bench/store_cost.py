@@ -1,4 +1,4 @@
-"""What storing a webhook's message costs: the store's group commit alone, in one process.
+"""What storing a webhook's message costs: the store's group commit alone, in one process or several.
 
 The webhook path without HTTP: ``--threads`` threads each call ``Store.accept_inbound``
 in a loop, as gunicorn's request threads of one worker do, on a real SQLite file under
@@ -35,9 +35,11 @@ processes to CPU N first (as ``bench/run`` pins the servers).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
+import queue
 import sqlite3
 import sys
 import tempfile
@@ -102,10 +104,11 @@ def run(store: Store, threads: int, first: int, count: int, prefix: str) -> dict
     for t in pool:
         t.start()
     start.wait()
-    cpu, wall, reads = time.process_time(), time.perf_counter(), read_calls()
+    cpu, began, reads = time.process_time(), time.perf_counter(), read_calls()
     for t in pool:
         t.join()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    cpu, ended = time.process_time() - cpu, time.perf_counter()
+    wall = ended - began
     reads = None if reads is None else read_calls() - reads
     store.on_queued = None
     if outcomes.count("queued") != count:
@@ -113,42 +116,66 @@ def run(store: Store, threads: int, first: int, count: int, prefix: str) -> dict
     return {"threads": threads, "messages": count, "batches": batches, "batch_mean": count / max(1, batches),
             "cpu_us_per_message": cpu / count * 1e6, "messages_per_s": count / wall,
             "reads_per_message": None if reads is None else reads / count,
-            "cpu_s": cpu, "wall_s": wall, "reads": reads}
+            "cpu_s": cpu, "began": began, "ended": ended, "reads": reads}
+# (run's figures for run_processes to add up; not in a row)
+_SUMS = ("cpu_s", "began", "ended", "reads")
 
 
-def _child(path: Path, threads: int, first: int, count: int, prefix: str, go, results) -> None:
-    """One process of a row: a ``Store`` of its own on the shared file (opened after the fork)."""
+def _child(k: int, path: Path, threads: int, first: int, count: int, prefix: str, go, results) -> None:
+    """Process ``k`` of a row: a ``Store`` of its own on the shared file (opened after the fork); its
+    figures, or its error, go to ``results``."""
     try:
         store = Store(path, synchronous="FULL")
-        go.wait()
-        results.put(run(store, threads, first, count, prefix))
-    except BaseException as exc:  # (reported, so that the parent never waits for a result that will not come)
-        results.put({"error": f"{type(exc).__name__}: {exc}"})
+        go.wait()  # (every process's store open: they start together)
+        results.put((k, run(store, threads, first, count, prefix)))
+    except BaseException as exc:
+        go.abort()  # the others stop waiting for this one
+        results.put((k, {"error": f"{type(exc).__name__}: {exc}"}))
 
 
 def run_processes(path: Path, processes: int, threads: int, first: int, count: int, prefix: str) -> dict:
-    """``count`` messages from ``processes`` processes of ``threads`` threads each, all at once."""
+    """``count`` messages from ``processes`` processes of ``threads`` threads each, all at once.
+
+    The caller holds no SQLite connection to ``path`` meanwhile: SQLite's locks belong to a
+    process, and a child forked with its parent's connections open would take them for its
+    own. Should a process fail or die, the others are stopped and the row fails, naming it."""
     ctx = multiprocessing.get_context("fork")
-    go, results = ctx.Barrier(processes), ctx.Queue()
+    go, results = ctx.Barrier(processes, timeout=120), ctx.Queue()
     shares = [count // processes + (1 if k < count % processes else 0) for k in range(processes)]
     starts = [first + sum(shares[:k]) for k in range(processes)]
-    children = [ctx.Process(target=_child, args=(path, threads, starts[k], shares[k], prefix, go, results))
-                for k in range(processes)]
+    children = [ctx.Process(target=_child, args=(k, path, threads, starts[k], shares[k], prefix, go, results),
+                            daemon=True) for k in range(processes)]
     for child in children:
         child.start()
-    got = [results.get(timeout=600) for _ in children]
+    got: dict[int, dict] = {}
+    failure = None
+    while failure is None and len(got) < processes:
+        try:
+            k, figures = results.get(timeout=1)
+        except queue.Empty:
+            dead = [k for k, c in enumerate(children) if k not in got and c.exitcode is not None]
+            if dead:
+                failure = (f"process {dead[0] + 1} of {processes} exited with {children[dead[0]].exitcode} "
+                           "before reporting")
+            continue
+        got[k] = figures
+        if "error" in figures:
+            failure = f"process {k + 1} of {processes}: {figures['error']}"
+    if failure is not None:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
     for child in children:
         child.join()
-    failed = [g["error"] for g in got if "error" in g] + [
-        f"a process exited with {c.exitcode}" for c in children if c.exitcode]
-    if failed:
-        raise SystemExit("; ".join(failed))
-    batches = sum(g["batches"] for g in got)
-    reads = None if any(g["reads"] is None for g in got) else sum(g["reads"] for g in got)
+    if failure is not None:
+        raise SystemExit(f"store_cost: {processes} processes x {threads} threads: {failure}")
+    figures = list(got.values())
+    batches = sum(g["batches"] for g in figures)
+    reads = None if any(g["reads"] is None for g in figures) else sum(g["reads"] for g in figures)
+    wall = max(g["ended"] for g in figures) - min(g["began"] for g in figures)  # (one clock for every process)
     return {"threads": threads, "messages": count, "batches": batches, "batch_mean": count / max(1, batches),
-            "cpu_us_per_message": sum(g["cpu_s"] for g in got) / count * 1e6,
-            "messages_per_s": count / max(g["wall_s"] for g in got),
-            "reads_per_message": None if reads is None else reads / count}
+            "cpu_us_per_message": sum(g["cpu_s"] for g in figures) / count * 1e6,
+            "messages_per_s": count / wall, "reads_per_message": None if reads is None else reads / count}
 
 
 def stored(path: Path) -> tuple[int, int, int]:
@@ -178,10 +205,13 @@ def measure(folder: Path, history: int, counts: list[int], procs: list[int],
             store.checkpoint()  # (the pipeline's heartbeat does this every second)
             if processes == 1:
                 got = run(store, threads, first, args.messages, prefix)
-                for key in ("cpu_s", "wall_s", "reads"):
+                for key in _SUMS:
                     del got[key]
             else:
+                store = None  # closes its connections (see run_processes), then a new one for the next row
+                gc.collect()
                 got = run_processes(path, processes, threads, first, args.messages, prefix)
+                store = Store(path, synchronous="FULL")
             rows.append({"history": history, "processes": processes, **got})
             first += args.messages
     count, distinct, jobs = stored(path)
@@ -211,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--history", default="0",
                     help="comma-separated sizes of a history of answered conversations to store first, each "
                          "on a store of its own (default 0)")
-    ap.add_argument("--cpu", type=int, help="pin this process to that CPU first")
+    ap.add_argument("--cpu", type=int, help="pin the processes to that CPU first")
     ap.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     counts = numbers(ap, "--threads", args.threads, 1)
@@ -219,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     procs = numbers(ap, "--processes", args.processes, 1)
     if args.messages < max(counts) * max(procs):
         ap.error(f"--messages {args.messages}: give at least the largest thread count times the largest "
-                 f"process count ({max(counts) * max(procs)})")
+                 f"process count ({max(counts)} x {max(procs)} = {max(counts) * max(procs)})")
     if args.prefill < 0:
         ap.error(f"--prefill {args.prefill}: give 0 or more")
     if len(set(sizes)) != len(sizes):
