@@ -1,0 +1,239 @@
+"""A worker's journal of acknowledged webhook messages (work in progress: not used yet).
+
+Why: with two workers the store's group commits stay small and each commit of one worker
+empties the other's SQLite page cache (README, Performance: "Measured, not built yet: a
+journal on the acknowledgement's path"). With a journal a webhook is acknowledged once its
+message is appended to a file of its worker's own and that file is synced; a thread of the
+worker then moves the journal's messages into the store in large batches.
+
+This module is the file alone, without the store:
+
+- ``AckJournal(folder)``: one file per process, ``<folder>/<pid>-<start ns>.log``, locked
+  (``flock``) while the process lives, so that another process can tell a dead worker's
+  file from a live one's. ``append`` returns once the record is on disk (a group commit:
+  the threads that append meanwhile share the next ``fdatasync``). ``take`` hands the
+  mover the records appended since its last call; ``moved`` tells the journal that
+  everything up to a sequence number is in the store and synced, and once nothing is left
+  to move the file is cut back to empty.
+- ``orphans(folder)``: the files of processes that died, each with its records, locked by
+  the caller while it moves them; ``discard`` deletes one once its records are in the store.
+
+A record is one line: its JSON (``{"seq": n, "record": ...}``), a tab, and the CRC-32 of
+the JSON in hex. Reading stops at the first line that is not a whole record, as SQLite's
+recovery stops at the first bad frame of its log: a crash can only tear the last sync's
+write (one ``write`` of several lines, none of them acknowledged yet: their ``append``
+had not returned). Whole records found after a bad line mean damage to data synced before
+(``Read.damaged``): they are counted, for the caller to report, and not used.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+SUFFIX = ".log"
+
+
+def encode(seq: int, record: dict) -> bytes:
+    body = json.dumps({"seq": seq, "record": record}, separators=(",", ":"), ensure_ascii=False)
+    return f"{body}\t{zlib.crc32(body.encode()):08x}\n".encode()
+
+
+@dataclass
+class Read:
+    records: list[tuple[int, dict]]  # the whole records before the first bad line, in order
+    dropped_bytes: int = 0  # from the first bad line on
+    damaged: int = 0  # whole records after the first bad line: damage, not a torn write
+
+
+def read_records(path: Path) -> Read:
+    """The records of a journal file, up to its first line that is not a whole record."""
+    data = Path(path).read_bytes()
+    out: list[tuple[int, dict]] = []
+    at = 0
+    while at < len(data):
+        end = data.find(b"\n", at)
+        parsed = _parse(data[at:end]) if end >= 0 else None
+        if parsed is None:
+            later = [_parse(line) for line in data[at:].split(b"\n")[1:]]
+            return Read(out, len(data) - at, sum(p is not None for p in later))
+        out.append(parsed)
+        at = end + 1
+    return Read(out)
+
+
+def _parse(line: bytes) -> tuple[int, dict] | None:
+    body, sep, crc = line.rpartition(b"\t")
+    if not sep:
+        return None
+    try:
+        if int(crc, 16) != zlib.crc32(body):
+            return None
+        item = json.loads(body)
+        return int(item["seq"]), item["record"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class _Waiter:
+    seq: int
+    record: dict
+    line: bytes
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    lead: bool = False
+    error: BaseException | None = None
+
+
+class AckJournal:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / f"{os.getpid()}-{time.time_ns()}{SUFFIX}"
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a new file: nobody else has it)
+        _sync_folder(self.folder)  # the new file's name survives a power cut
+        self._lock = threading.Lock()  # guards what follows
+        self._seq = 0  # the last sequence number given out
+        self._waiting: list[_Waiter] = []  # appends for the next sync
+        self._syncing = False
+        self._untaken: list[tuple[int, dict]] = []  # on disk, not yet handed to the mover
+        self._unmoved = 0  # records on disk not yet confirmed moved
+        # A failed write or sync leaves the file's end unknown (part of a line, or lines the disk
+        # may not hold: Linux reports a failed write-back once): no append after it, so that
+        # whatever was acknowledged before stays readable up to the end (see read_records).
+        self.broken: BaseException | None = None
+        self.syncs = 0
+
+    def append(self, record: dict) -> int:
+        """Write ``record`` and return its sequence number once it is on disk.
+        :raises OSError: the write or the sync failed, this time or before (``broken``): the
+            record is not acknowledged."""
+        with self._lock:
+            if self.broken is not None:
+                raise OSError(f"the journal {self.path.name} failed before: {self.broken}") from self.broken
+            self._seq += 1
+            seq = self._seq
+            me = _Waiter(seq, record, encode(seq, record))
+            me.lock.acquire()
+            self._waiting.append(me)
+            if not self._syncing:
+                self._syncing = me.lead = True
+        if not me.lead:
+            me.lock.acquire()  # woken once: our line is on disk (or failed), or we lead the next sync
+        if me.lead:
+            self._lead()
+        if me.error is not None:
+            raise me.error
+        return seq
+
+    def _lead(self) -> None:
+        with self._lock:
+            batch, self._waiting = self._waiting, []
+        error: BaseException | None = self.broken
+        if error is None:
+            try:
+                data = b"".join(w.line for w in batch)
+                while data:
+                    data = data[os.write(self._fd, data):]
+                os.fdatasync(self._fd)
+                self.syncs += 1
+            except BaseException as exc:  # every append of this sync fails, and every later one
+                error = self.broken = exc
+        with self._lock:
+            if error is None:  # (a batch's sequence numbers follow the last one's: in order)
+                self._unmoved += len(batch)
+                self._untaken.extend((w.seq, w.record) for w in batch)
+            nxt = self._waiting[0] if self._waiting else None
+            if nxt is not None:
+                nxt.lead = True
+            else:
+                self._syncing = False
+        for w in batch:
+            w.error = error
+            if not w.lead:
+                w.lock.release()
+        if nxt is not None:
+            nxt.lock.release()
+
+    def take(self, limit: int | None = None) -> list[tuple[int, dict]]:
+        """The records on disk not handed out before, oldest first (at most ``limit``)."""
+        with self._lock:
+            n = len(self._untaken) if limit is None else limit
+            out, self._untaken = self._untaken[:n], self._untaken[n:]
+            return out
+
+    def moved(self, count: int) -> bool:
+        """``count`` more records taken are in the store, synced. Once every record on disk is,
+        the file is cut back to empty (under the append lock: no append meanwhile).
+        :return: True when it cut the file."""
+        with self._lock:
+            self._unmoved -= count
+            if self._unmoved or self._untaken or self._waiting or self._syncing:
+                return False
+            os.ftruncate(self._fd, 0)
+            os.fdatasync(self._fd)
+            return True
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Orphan:
+    """The journal of a process that died, locked by this process until ``discard``."""
+    path: Path
+    records: list[tuple[int, dict]]
+    _fd: int
+    dropped_bytes: int = 0  # a torn last write (or damage: see ``damaged``)
+    damaged: int = 0  # whole records after a bad line: report them
+
+    def discard(self) -> None:
+        """Its records are in the store: delete the file."""
+        self.path.unlink()
+        _sync_folder(self.path.parent)
+        os.close(self._fd)
+
+    def release(self) -> None:
+        """Leave it for later (or for another process)."""
+        os.close(self._fd)
+
+
+def orphans(folder: Path) -> Iterator[Orphan]:
+    """The journals in ``folder`` whose process died (their lock could be taken)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob(f"*{SUFFIX}")):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # another process discarded it meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its process is alive (or another one is moving it)
+            os.close(fd)
+            continue
+        if not path.exists():  # discarded between our open and our lock
+            os.close(fd)
+            continue
+        try:
+            read = read_records(path)
+        except BaseException:
+            os.close(fd)
+            raise
+        yield Orphan(path, read.records, fd, read.dropped_bytes, read.damaged)
