@@ -8,13 +8,14 @@ worker then moves the journal's messages into the store in large batches.
 
 This module is the file alone, without the store:
 
-- ``AckJournal(folder)``: one file per process, ``<folder>/<pid>-<start ns>.log``, locked
+- ``AckJournal(folder)``: a process's files, ``<folder>/<pid>-<ns>.log``, each locked
   (``flock``) while the process lives, so that another process can tell a dead worker's
-  file from a live one's. ``append`` returns once the record is on disk (a group commit:
-  the threads that append meanwhile share the next ``fdatasync``). ``take`` hands the
-  mover the records appended since its last call; ``moved`` tells the journal that
-  everything up to a sequence number is in the store and synced, and once nothing is left
-  to move the file is cut back to empty.
+  files from a live one's. ``append`` returns once the record is on disk (a group commit:
+  the threads that append meanwhile share the next ``fdatasync``); past ``max_bytes`` the
+  next sync starts a new file. ``take`` hands the mover the records appended since its
+  last call; ``moved`` tells the journal that every record up to a sequence number is in
+  the store and synced: the files holding only such records are deleted, and the current
+  one is cut back to empty once nothing in it is left to move.
 - ``orphans(folder)``: the files of processes that died, each with its records, locked by
   the caller while it moves them; ``discard`` deletes one once its records are in the store.
 
@@ -82,6 +83,14 @@ def _parse(line: bytes) -> tuple[int, dict] | None:
 
 
 @dataclass
+class _File:
+    path: Path
+    fd: int
+    size: int = 0
+    last_seq: int = 0  # of the last record written to it (0: none yet)
+
+
+@dataclass
 class _Waiter:
     seq: int
     record: dict
@@ -92,24 +101,37 @@ class _Waiter:
 
 
 class AckJournal:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, max_bytes: int = 4 << 20):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / f"{os.getpid()}-{time.time_ns()}{SUFFIX}"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a new file: nobody else has it)
-        _sync_folder(self.folder)  # the new file's name survives a power cut
-        self._lock = threading.Lock()  # guards what follows
+        self.max_bytes = max_bytes
+        self._files = [self._new_file()]  # oldest first; the last one is written to
+        self._lock = threading.Lock()  # guards what follows (and _files)
         self._seq = 0  # the last sequence number given out
         self._waiting: list[_Waiter] = []  # appends for the next sync
         self._syncing = False
         self._untaken: list[tuple[int, dict]] = []  # on disk, not yet handed to the mover
-        self._unmoved = 0  # records on disk not yet confirmed moved
         # A failed write or sync leaves the file's end unknown (part of a line, or lines the disk
         # may not hold: Linux reports a failed write-back once): no append after it, so that
         # whatever was acknowledged before stays readable up to the end (see read_records).
         self.broken: BaseException | None = None
         self.syncs = 0
+
+    @property
+    def path(self) -> Path:
+        """The file appends go to now."""
+        return self._files[-1].path
+
+    def files(self) -> list[Path]:
+        with self._lock:
+            return [f.path for f in self._files]
+
+    def _new_file(self) -> _File:
+        path = self.folder / f"{os.getpid()}-{time.time_ns()}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a new file: nobody else has it)
+        _sync_folder(self.folder)  # the new file's name survives a power cut
+        return _File(path, fd)
 
     def append(self, record: dict) -> int:
         """Write ``record`` and return its sequence number once it is on disk.
@@ -139,16 +161,23 @@ class AckJournal:
         error: BaseException | None = self.broken
         if error is None:
             try:
+                current = self._files[-1]  # (only the leader writes or adds files)
+                if current.size >= self.max_bytes:
+                    current = self._new_file()
+                    with self._lock:
+                        self._files.append(current)
                 data = b"".join(w.line for w in batch)
+                size = len(data)
                 while data:
-                    data = data[os.write(self._fd, data):]
-                os.fdatasync(self._fd)
+                    data = data[os.write(current.fd, data):]
+                os.fdatasync(current.fd)
                 self.syncs += 1
             except BaseException as exc:  # every append of this sync fails, and every later one
                 error = self.broken = exc
         with self._lock:
             if error is None:  # (a batch's sequence numbers follow the last one's: in order)
-                self._unmoved += len(batch)
+                current.size += size
+                current.last_seq = batch[-1].seq
                 self._untaken.extend((w.seq, w.record) for w in batch)
             nxt = self._waiting[0] if self._waiting else None
             if nxt is not None:
@@ -169,20 +198,31 @@ class AckJournal:
             out, self._untaken = self._untaken[:n], self._untaken[n:]
             return out
 
-    def moved(self, count: int) -> bool:
-        """``count`` more records taken are in the store, synced. Once every record on disk is,
-        the file is cut back to empty (under the append lock: no append meanwhile).
-        :return: True when it cut the file."""
+    def moved(self, upto: int) -> None:
+        """Every record up to sequence number ``upto`` is in the store, synced (the mover takes
+        and moves them in order): delete the files that hold no later one, and cut the current
+        one back to empty when it holds no later one and no append is under way."""
         with self._lock:
-            self._unmoved -= count
-            if self._unmoved or self._untaken or self._waiting or self._syncing:
-                return False
-            os.ftruncate(self._fd, 0)
-            os.fdatasync(self._fd)
-            return True
+            gone = [f for f in self._files[:-1] if f.last_seq <= upto]
+            self._files = [f for f in self._files if f not in gone]
+            current = self._files[-1]
+            cut = current.size and current.last_seq <= upto and not (self._waiting or self._syncing)
+            if cut:  # (under the lock: no append starts meanwhile)
+                os.ftruncate(current.fd, 0)
+                os.fdatasync(current.fd)
+                current.size = 0
+        for f in gone:
+            f.path.unlink()
+            os.close(f.fd)
+        if gone:
+            _sync_folder(self.folder)
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Close the files (and so release them: another process may then take them as orphans)."""
+        with self._lock:
+            for f in self._files:
+                os.close(f.fd)
+            self._files = []
 
 
 def _sync_folder(folder: Path) -> None:

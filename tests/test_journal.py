@@ -45,18 +45,34 @@ def test_appends_from_many_threads_share_syncs_and_none_is_lost(tmp_path):
     assert j.syncs < 800  # threads that append during a sync share the next one
 
 
-def test_the_file_is_cut_back_once_everything_taken_is_moved(tmp_path):
+def test_the_file_is_cut_back_once_everything_in_it_is_moved(tmp_path):
     j = AckJournal(tmp_path)
     for n in range(3):
         j.append({"n": n})
     taken = j.take(2)
-    assert not j.moved(len(taken))  # one record is still to move
+    j.moved(taken[-1][0])  # record 3 is still to move
     assert j.path.stat().st_size > 0
     rest = j.take()
-    assert j.moved(len(rest))
+    j.moved(rest[-1][0])
     assert j.path.stat().st_size == 0
     assert j.append({"n": 3}) == 4  # numbers go on: a replayed record keeps its identity
     assert read_records(j.path).records == [(4, {"n": 3})]
+
+
+def test_past_max_bytes_a_new_file_starts_and_moved_files_are_deleted(tmp_path):
+    line = len(encode(1, {"n": 0}))
+    j = AckJournal(tmp_path, max_bytes=2 * line)  # two records per file
+    for n in range(5):
+        j.append({"n": n})
+    files = j.files()
+    assert len(files) == 3 and [len(read_records(f).records) for f in files] == [2, 2, 1]
+    assert sorted(tmp_path.glob("*.log")) == sorted(files)
+    assert [seq for seq, _ in j.take()] == [1, 2, 3, 4, 5]
+    j.moved(3)  # the first file only holds moved records; the second still holds record 4
+    assert j.files() == files[1:] and not files[0].exists()
+    j.moved(5)
+    assert j.files() == files[2:] and j.path.stat().st_size == 0
+    assert list(orphans(tmp_path)) == []  # a live process's files, locked
 
 
 def test_reading_stops_at_a_torn_write_and_counts_whole_records_after_damage(tmp_path):
