@@ -80,7 +80,7 @@ def read_calls() -> int | None:
 
 
 def run(store: Store, threads: int, first: int, count: int, prefix: str) -> dict:
-    """``count`` messages from ``threads`` threads at once; what it cost."""
+    """``count`` messages from ``threads`` threads at once; what it cost (``row`` makes a row of it)."""
     batches = 0
     lock = threading.Lock()
 
@@ -108,17 +108,21 @@ def run(store: Store, threads: int, first: int, count: int, prefix: str) -> dict
     for t in pool:
         t.join()
     cpu, ended = time.process_time() - cpu, time.perf_counter()
-    wall = ended - began
     reads = None if reads is None else read_calls() - reads
     store.on_queued = None
     if outcomes.count("queued") != count:
         raise SystemExit(f"store_cost: {count - outcomes.count('queued')} of {count} messages not queued")
+    return {"batches": batches, "cpu_s": cpu, "began": began, "ended": ended, "reads": reads}
+
+
+def row(threads: int, count: int, figures: list[dict]) -> dict:
+    """One row from what each process's ``run`` measured (``count`` messages in all)."""
+    batches = sum(f["batches"] for f in figures)
+    reads = None if any(f["reads"] is None for f in figures) else sum(f["reads"] for f in figures)
+    wall = max(f["ended"] for f in figures) - min(f["began"] for f in figures)  # (one clock for every process)
     return {"threads": threads, "messages": count, "batches": batches, "batch_mean": count / max(1, batches),
-            "cpu_us_per_message": cpu / count * 1e6, "messages_per_s": count / wall,
-            "reads_per_message": None if reads is None else reads / count,
-            "cpu_s": cpu, "began": began, "ended": ended, "reads": reads}
-# (run's figures for run_processes to add up; not in a row)
-_SUMS = ("cpu_s", "began", "ended", "reads")
+            "cpu_us_per_message": sum(f["cpu_s"] for f in figures) / count * 1e6,
+            "messages_per_s": count / wall, "reads_per_message": None if reads is None else reads / count}
 
 
 def _child(k: int, path: Path, threads: int, first: int, count: int, prefix: str, go, results) -> None:
@@ -169,13 +173,7 @@ def run_processes(path: Path, processes: int, threads: int, first: int, count: i
         child.join()
     if failure is not None:
         raise SystemExit(f"store_cost: {processes} processes x {threads} threads: {failure}")
-    figures = list(got.values())
-    batches = sum(g["batches"] for g in figures)
-    reads = None if any(g["reads"] is None for g in figures) else sum(g["reads"] for g in figures)
-    wall = max(g["ended"] for g in figures) - min(g["began"] for g in figures)  # (one clock for every process)
-    return {"threads": threads, "messages": count, "batches": batches, "batch_mean": count / max(1, batches),
-            "cpu_us_per_message": sum(g["cpu_s"] for g in figures) / count * 1e6,
-            "messages_per_s": count / wall, "reads_per_message": None if reads is None else reads / count}
+    return row(threads, count, list(got.values()))
 
 
 def stored(path: Path) -> tuple[int, int, int]:
@@ -204,9 +202,7 @@ def measure(folder: Path, history: int, counts: list[int], procs: list[int],
         for threads in counts:
             store.checkpoint()  # (the pipeline's heartbeat does this every second)
             if processes == 1:
-                got = run(store, threads, first, args.messages, prefix)
-                for key in _SUMS:
-                    del got[key]
+                got = row(threads, args.messages, [run(store, threads, first, args.messages, prefix)])
             else:
                 store = None  # closes its connections (see run_processes), then a new one for the next row
                 gc.collect()
