@@ -42,8 +42,13 @@ SUFFIX = ".log"
 
 
 def encode(seq: int, record: dict) -> bytes:
-    body = json.dumps({"seq": seq, "record": record}, separators=(",", ":"), ensure_ascii=False)
-    return f"{body}\t{zlib.crc32(body.encode()):08x}\n".encode()
+    return line(seq, json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def line(seq: int, record_json: bytes) -> bytes:
+    """A record's line, from its JSON (encoded before, outside the journal's lock)."""
+    body = b'{"seq":%d,"record":%s}' % (seq, record_json)
+    return b"%s\t%08x\n" % (body, zlib.crc32(body))
 
 
 @dataclass
@@ -86,15 +91,16 @@ def _parse(line: bytes) -> tuple[int, dict] | None:
 class _File:
     path: Path
     fd: int
-    size: int = 0
+    size: int = 0  # of its acknowledged records
     last_seq: int = 0  # of the last record written to it (0: none yet)
+    failed: bool = False  # a write or sync failed: nothing more is appended to it
 
 
 @dataclass
 class _Waiter:
-    seq: int
-    record: dict
-    line: bytes
+    first: int  # the sequence number of its first record
+    records: list[dict]
+    lines: bytes
     lock: threading.Lock = field(default_factory=threading.Lock)
     lead: bool = False
     error: BaseException | None = None
@@ -107,15 +113,19 @@ class AckJournal:
         self.max_bytes = max_bytes
         self._files = [self._new_file()]  # oldest first; the last one is written to
         self._lock = threading.Lock()  # guards what follows (and _files)
+        self._ready = threading.Condition(self._lock)  # notified when ``wake_at`` records wait for the mover
+        self.wake_at = 64
         self._seq = 0  # the last sequence number given out
         self._waiting: list[_Waiter] = []  # appends for the next sync
         self._syncing = False
         self._untaken: list[tuple[int, dict]] = []  # on disk, not yet handed to the mover
         # A failed write or sync leaves the file's end unknown (part of a line, or lines the disk
-        # may not hold: Linux reports a failed write-back once): no append after it, so that
-        # whatever was acknowledged before stays readable up to the end (see read_records).
-        self.broken: BaseException | None = None
+        # may not hold: Linux reports a failed write-back once): no append to it after that, so
+        # that whatever it acknowledged before stays readable (see read_records); the next sync
+        # starts a new file (_File.failed).
         self.syncs = 0
+        self._moved = 0  # every record up to this sequence number is moved (see ``moved``)
+        self._closed = False
 
     @property
     def path(self) -> Path:
@@ -128,21 +138,32 @@ class AckJournal:
 
     def _new_file(self) -> _File:
         path = self.folder / f"{os.getpid()}-{time.time_ns()}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a new file: nobody else has it)
+        # Made under another name, locked, then renamed: a process looking for orphans never
+        # sees it unlocked (it would take it for a dead process's file and delete it).
+        making = path.with_suffix(".new")
+        fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a new file, under a name nobody looks for)
+        os.rename(making, path)
         _sync_folder(self.folder)  # the new file's name survives a power cut
         return _File(path, fd)
 
     def append(self, record: dict) -> int:
         """Write ``record`` and return its sequence number once it is on disk.
-        :raises OSError: the write or the sync failed, this time or before (``broken``): the
-            record is not acknowledged."""
+        :raises OSError: the write or the sync failed: the record is not acknowledged (the
+            next append goes to a new file)."""
+        return self.append_all([record])[0]
+
+    def append_all(self, records: list[dict]) -> list[int]:
+        """Write ``records`` (in order, with one sync) and return their sequence numbers once
+        they are on disk.
+        :raises OSError: as ``append``."""
+        encoded = [json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() for r in records]
         with self._lock:
-            if self.broken is not None:
-                raise OSError(f"the journal {self.path.name} failed before: {self.broken}") from self.broken
-            self._seq += 1
-            seq = self._seq
-            me = _Waiter(seq, record, encode(seq, record))
+            if self._closed:
+                raise OSError("the journal is closed (the process is stopping)")
+            first = self._seq + 1
+            self._seq += len(records)
+            me = _Waiter(first, records, b"".join(line(first + n, e) for n, e in enumerate(encoded)))
             me.lock.acquire()
             self._waiting.append(me)
             if not self._syncing:
@@ -153,43 +174,59 @@ class AckJournal:
             self._lead()
         if me.error is not None:
             raise me.error
-        return seq
+        return list(range(me.first, me.first + len(records)))
 
     def _lead(self) -> None:
         with self._lock:
             batch, self._waiting = self._waiting, []
-        error: BaseException | None = self.broken
-        if error is None:
-            try:
-                current = self._files[-1]  # (only the leader writes or adds files)
-                if current.size >= self.max_bytes:
-                    current = self._new_file()
-                    with self._lock:
-                        self._files.append(current)
-                data = b"".join(w.line for w in batch)
-                size = len(data)
-                while data:
-                    data = data[os.write(current.fd, data):]
-                os.fdatasync(current.fd)
-                self.syncs += 1
-            except BaseException as exc:  # every append of this sync fails, and every later one
-                error = self.broken = exc
+        error: BaseException | None = None
+        current = self._files[-1]  # (only the leader writes or adds files)
+        try:
+            if current.size >= self.max_bytes or current.failed:
+                current = self._new_file()
+                with self._lock:
+                    self._files.append(current)
+            data = b"".join(w.lines for w in batch)
+            size = len(data)
+            while data:
+                data = data[os.write(current.fd, data):]
+            os.fdatasync(current.fd)
+            self.syncs += 1
+        except BaseException as exc:  # every append of this sync fails; the next sync starts a new file
+            error = exc
+            current.failed = True
         with self._lock:
             if error is None:  # (a batch's sequence numbers follow the last one's: in order)
                 current.size += size
-                current.last_seq = batch[-1].seq
-                self._untaken.extend((w.seq, w.record) for w in batch)
+                current.last_seq = batch[-1].first + len(batch[-1].records) - 1
+                for w in batch:
+                    self._untaken.extend(enumerate(w.records, w.first))
+                if len(self._untaken) >= self.wake_at:
+                    self._ready.notify_all()
             nxt = self._waiting[0] if self._waiting else None
             if nxt is not None:
                 nxt.lead = True
             else:
                 self._syncing = False
+                self._ready.notify_all()  # (``close`` waits for the last sync)
         for w in batch:
             w.error = error
             if not w.lead:
                 w.lock.release()
         if nxt is not None:
             nxt.lock.release()
+
+    def wait(self, timeout: float) -> None:
+        """Return once ``wake_at`` records wait to be taken, or after ``timeout`` seconds
+        (or when ``kick`` is called)."""
+        with self._lock:
+            if len(self._untaken) < self.wake_at:
+                self._ready.wait(timeout)
+
+    def kick(self) -> None:
+        """Wake ``wait`` now."""
+        with self._lock:
+            self._ready.notify_all()
 
     def take(self, limit: int | None = None) -> list[tuple[int, dict]]:
         """The records on disk not handed out before, oldest first (at most ``limit``)."""
@@ -203,6 +240,7 @@ class AckJournal:
         and moves them in order): delete the files that hold no later one, and cut the current
         one back to empty when it holds no later one and no append is under way."""
         with self._lock:
+            self._moved = max(self._moved, upto)
             gone = [f for f in self._files[:-1] if f.last_seq <= upto]
             self._files = [f for f in self._files if f not in gone]
             current = self._files[-1]
@@ -218,11 +256,21 @@ class AckJournal:
             _sync_folder(self.folder)
 
     def close(self) -> None:
-        """Close the files (and so release them: another process may then take them as orphans)."""
+        """Refuse appends from now on, wait for the sync under way, then close the files and
+        delete those that hold nothing left to move; the others are released: another process
+        takes them as orphans."""
         with self._lock:
-            for f in self._files:
-                os.close(f.fd)
-            self._files = []
+            self._closed = True
+            while self._syncing:
+                self._ready.wait()
+            files, self._files = self._files, []
+        empty = [f for f in files if f.size == 0 or f.last_seq <= self._moved]
+        for f in empty:
+            f.path.unlink()
+        for f in files:
+            os.close(f.fd)
+        if empty:
+            _sync_folder(self.folder)
 
 
 def _sync_folder(folder: Path) -> None:

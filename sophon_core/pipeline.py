@@ -1,7 +1,11 @@
 """From an acknowledged inbound message to the agent's reply on the wire.
 
-``Pipeline.accept`` runs inside the webhook request: it stores the message and
-its job in one transaction (once per provider message id) and returns. Runner
+``Pipeline.accept`` runs inside the webhook request: it appends the message to
+the worker's journal, synced, and returns; the worker's mover thread then stores
+the message and its job in one transaction (once per provider message id),
+batched with the other messages journaled meanwhile (ack_journal.py). With
+``SOPHON_ACK_JOURNAL=off`` (or ``SOPHON_SQLITE_SYNC=NORMAL``) the request stores
+them itself, in a group commit with the requests under way. Runner
 threads claim jobs from the store with a lease, run the agent, split the reply,
 and send it part by part; they run in the reply sender process under ``sophon
 serve`` (``SOPHON_REPLIES=sender``, see sender.py), else in every worker process.
@@ -13,9 +17,9 @@ Twilio (or any provider) accepted and whose id was recorded is never sent again.
 The one window that cannot be closed: a crash after the provider accepted a
 part and before its id was recorded makes that part go out twice.
 
-Durability (``SOPHON_SQLITE_SYNC=FULL``, the default): the acknowledgement's
-transaction (message and job) is on disk before the 200, and so are consent
-changes: SQLite commits without an fsync and the store fsyncs the write-ahead
+Durability (``SOPHON_SQLITE_SYNC=FULL``, the default): the message is on disk
+before the 200 (in the journal; with the journal off, its transaction, message
+and job, in the store), and so are consent changes: SQLite commits without an fsync and the store fsyncs the write-ahead
 log right after, outside the write lock (``Store._await_sync``); a runner is
 handed a job only once its message is on disk too. The runners' bookkeeping
 (claim, parts and reply, pacing slot, the part's start, its provider id, the
@@ -49,6 +53,7 @@ from . import metrics, sender
 from .errors import AttachmentError, SendError
 from .media import public_base
 from .models import Attachment, Channel, DroppedAttachment, InboundMessage, OutboundMessage, Reply
+from .ack_journal import JournalMover
 from .store import KEEP_KEYS_SECONDS, Job, LeaseLost
 from .textsplit import split_text
 
@@ -110,26 +115,33 @@ class Pipeline:
         if runtime.settings.replies == "sender":
             # one wake-up of the reply sender per group commit that queued a job (Store._lead)
             runtime.store.on_queued = self._notify_sender
+        settings = runtime.settings
+        self.mover: JournalMover | None = None
+        if settings.ack_journal and settings.sqlite_synchronous == "FULL":
+            self.mover = JournalMover(settings.data_dir / "journal", runtime.store, self._report, self._queued)
 
     # --- in the webhook request ----------------------------------------------------
 
     def accept(self, channel_type: str, messages: Sequence[InboundMessage],
                delivery_key: str | None = None) -> int:
-        """Store each message with its job (duplicates by provider id are dropped).
+        """Acknowledge a webhook's messages: journal them (or, with the journal off, store
+        each with its job); on disk when this returns.
 
-        Before a job is made: senders an allowlist channel does not admit are
-        dropped (log line and ``blocked`` counter); opt-out, opt-in and help
-        messages are recorded and never answered; a sender over the channel's
-        hourly limit is recorded and not answered (``rate_limited`` counter).
-        Messages naming a channel that is unknown, disabled or of another type
-        are dropped with an error log: a plugin must never route around activation.
+        Before that: senders an allowlist channel does not admit are dropped (log line and
+        ``blocked`` counter); opt-out, opt-in and help messages are recorded in the store
+        and never answered. Messages naming a channel that is unknown, disabled or of
+        another type are dropped with an error log: a plugin must never route around
+        activation. Then, in the store (the mover's batch, or this request's): duplicates
+        by provider id are dropped; a sender over the channel's hourly limit is recorded
+        and not answered (``rate_limited`` counter); each other message gets its job
+        (``_report``: counters and log lines).
         ``delivery_key`` (the provider's idempotency key of this webhook delivery) is
         recorded in the same transaction as the message it brought (``key#n`` for its
         n-th message after the first); a delivery seen before is not accepted again.
-        :return: how many messages were queued for an answer.
+        :return: how many messages were journaled, or (journal off) queued for an answer.
         """
         store = self.runtime.store
-        queued = 0
+        queued, journal = 0, []
         for n, msg in enumerate(messages):
             # one key per message of the delivery (the same delivery again brings them in the same order)
             key = (delivery_key if n == 0 else f"{delivery_key}#{n}") if delivery_key else None
@@ -152,23 +164,50 @@ class Pipeline:
                     log.info("%s opted %s on %s", msg.sender, "out" if msg.intent == "opt_out" else "back in",
                              channel.id)
                 continue
-            outcome, _ = store.accept_inbound(msg, session, channel.limits.inbound_per_sender_per_hour,
-                                              delivery_key=key)
-            metrics.labelled(metrics.INBOUND, channel.id, outcome.replace("-", "_")).inc()
-            if outcome == "duplicate":
-                log.info("duplicate delivery of %s on %s ignored", msg.provider_message_id, channel.id)
-            elif outcome == "rate-limited":
-                log.warning("%s sent more than %d messages to %s in an hour (limits.inboundPerSenderPerHour);"
-                            " %s not answered", msg.sender, channel.limits.inbound_per_sender_per_hour,
-                            channel.id, msg.provider_message_id)
-            else:
-                queued += 1
+            limit = channel.limits.inbound_per_sender_per_hour
+            if self.mover is not None:
+                journal.append((msg, session, limit, key))
+                continue
+            outcome, _ = store.accept_inbound(msg, session, limit, delivery_key=key)
+            self._report(msg, outcome, limit)
+            queued += outcome == "queued"
+        if journal:
+            self.start()  # (the mover: started at boot already, see app.py)
+            self.mover.append(journal)
+            return len(journal)
         if queued:
             self.start()  # (under a reply sender: the checkpoint thread; started at boot already)
             if self.runtime.settings.replies != "sender":  # (the store wakes the sender: on_queued)
-                with self._wake:
-                    self._wake.notify(queued)
+                self._queued(queued)
         return queued
+
+    def settle(self) -> None:
+        """Move what this process journaled into the store now (what the mover thread does
+        within ``ack_journal.MOVE_EVERY``): for tests and tools that read the store right
+        after a webhook."""
+        if self.mover is not None:
+            self.mover.settle()
+
+    def _report(self, msg: InboundMessage, outcome: str, limit: int | None, replayed: bool = False) -> None:
+        """Count and log what the store did with an acknowledged message (``replayed``: moved
+        from a dead worker's journal, where a duplicate is one the worker had moved)."""
+        if replayed and outcome == "duplicate":
+            return
+        metrics.labelled(metrics.INBOUND, msg.channel_id, outcome.replace("-", "_")).inc()
+        if outcome == "duplicate":
+            log.info("duplicate delivery of %s on %s ignored", msg.provider_message_id, msg.channel_id)
+        elif outcome == "rate-limited":
+            log.warning("%s sent more than %d messages to %s in an hour (limits.inboundPerSenderPerHour);"
+                        " %s not answered", msg.sender, limit, msg.channel_id, msg.provider_message_id)
+
+    def _queued(self, jobs: int) -> None:
+        """``jobs`` new jobs are in the store: wake as many runners (or the reply sender)."""
+        if self.runtime.settings.replies == "sender":
+            if self.mover is not None:  # (else the store's group commit wakes it: on_queued)
+                self._notify_sender()
+            return
+        with self._wake:
+            self._wake.notify(jobs)
 
     def _notify_sender(self) -> None:
         """Wake the reply sender (``SOPHON_REPLIES=sender``), with this worker's CPU share
@@ -218,20 +257,28 @@ class Pipeline:
                 self._threads = [threading.Thread(target=self._run, name=f"sophon-runner-{i}", daemon=True)
                                  for i in range(count)]
                 self._threads.append(threading.Thread(target=self._heartbeat, name="sophon-lease", daemon=True))
+            if self.mover is not None:  # (also moves the journals of workers that died)
+                self._threads.append(threading.Thread(target=self.mover.run, args=(self._stop,),
+                                                      name="sophon-journal", daemon=True))
             for t in self._threads:
                 t.start()
             atexit.register(self.shutdown)  # gunicorn's graceful stop: finish what is in hand
 
     def shutdown(self, wait: bool = True, timeout: float = 20.0) -> None:
-        """Stop claiming; let jobs in hand finish (their leases cover a hard stop)."""
+        """Stop claiming; let jobs in hand finish (their leases cover a hard stop); move what
+        is journaled into the store (what cannot be is left for the next process)."""
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
+        if self.mover is not None:
+            self.mover.kick()
         if wait:
             deadline = time.monotonic() + timeout
             for t in self._threads:
                 if t is not threading.current_thread():
                     t.join(max(0.0, deadline - time.monotonic()))
+            if self.mover is not None:  # (the mover thread did it, unless it never ran)
+                self.mover.close()
             self.runtime.store.sync_relaxed()
 
     def _run(self) -> None:

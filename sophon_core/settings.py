@@ -43,6 +43,11 @@ class Settings:
     :param sender_yield: ``SOPHON_SENDER_YIELD``: ``on`` (default): the reply sender starts
         no new reply while the webhook workers keep the CPUs busy (``sender.LoadGate``);
         ``off``: it answers whatever the load, at its CPU priority.
+    :param ack_journal: ``SOPHON_ACK_JOURNAL``: ``on`` (default): a webhook's messages are
+        acknowledged once they are in the worker's own journal file, synced, and a thread of
+        the worker moves them into the store in batches (``sophon_core/ack_journal.py``);
+        ``off``: each webhook stores its messages itself before it answers. Only under
+        ``SOPHON_SQLITE_SYNC=FULL`` (under ``NORMAL`` nothing is synced per webhook).
     :param env: the whole environment, for plugins' own variables
         (e.g. a provider API URL override).
     """
@@ -62,6 +67,7 @@ class Settings:
     replies: str = "workers"
     sender_nice: str = "19"
     sender_yield: bool = True
+    ack_journal: bool = True
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -84,6 +90,7 @@ class Settings:
             replies=_choice(env, "SOPHON_REPLIES", ("WORKERS", "SENDER")).lower(),
             sender_nice=sender_nice(env.get("SOPHON_SENDER_NICE")),
             sender_yield=_choice(env, "SOPHON_SENDER_YIELD", ("ON", "OFF")) == "ON",
+            ack_journal=_choice(env, "SOPHON_ACK_JOURNAL", ("ON", "OFF")) == "ON",
             env=env,
         )
 

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_token INTEGER NOT NULL DEFAULT 0,
     first_failure_at REAL,            -- when sending first failed (the retry window starts)
     payload     TEXT NOT NULL,    -- the InboundMessage as JSON
+    acked_at    REAL,             -- when its message was acknowledged: a session's jobs run in this order
     reply       TEXT,             -- the agent's answer, once known
     error       TEXT,
     created_at  REAL NOT NULL,
@@ -119,7 +120,7 @@ CREATE INDEX IF NOT EXISTS messages_by_provider_id ON messages (provider_id) WHE
 CREATE INDEX IF NOT EXISTS messages_from_sender
     ON messages (channel_id, peer, created_at, direction) WHERE direction = 'in';
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state, not_before) WHERE state IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_key, id) WHERE state IN ('queued', 'running');
+-- (jobs_in_session_order, on jobs (session_key, acked_at, id): made by Store._migrate, once acked_at exists)
 """
 
 _OPEN = "('queued', 'running')"
@@ -156,14 +157,26 @@ def _wal(db: sqlite3.Connection, tries: int = 100) -> None:
 _MESSAGE_FIELDS = tuple(f.name for f in fields(InboundMessage))
 
 
-def message_json(msg: InboundMessage) -> str:
-    """A job's payload: the message as JSON, what ``json.dumps(asdict(msg))`` gives (read
-    back by ``_job``), built without ``asdict``'s recursive deep copy of every field."""
+def message_dict(msg: InboundMessage) -> dict:
+    """The message as plain data, what ``asdict(msg)`` gives (read back by ``message_from_dict``),
+    built without ``asdict``'s recursive deep copy of every field."""
     d = {name: getattr(msg, name) for name in _MESSAGE_FIELDS}
     d["metadata"] = dict(msg.metadata)
     d["dropped_attachments"] = [asdict(a) for a in msg.dropped_attachments]
     d["attachments"] = [asdict(a) for a in msg.attachments]
-    return json.dumps(d)
+    return d
+
+
+def message_json(msg: InboundMessage) -> str:
+    """A job's payload: the message as JSON (``message_dict``)."""
+    return json.dumps(message_dict(msg))
+
+
+def message_from_dict(d: dict) -> InboundMessage:
+    d = dict(d)
+    d["dropped_attachments"] = tuple(DroppedAttachment(**a) for a in d["dropped_attachments"])
+    d["attachments"] = tuple(Attachment(**a) for a in d.get("attachments", ()))
+    return InboundMessage(**d)
 
 
 def _as_error(exc: BaseException) -> Exception:
@@ -280,13 +293,18 @@ class Store:
         if has_index("messages_by_sender"):
             with self._write(durable=True) as tx:  # (messages_from_sender covers its query)
                 tx.execute("DROP INDEX IF EXISTS messages_by_sender")
-        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-        if "media" not in columns:
-            try:
-                db.execute("ALTER TABLE messages ADD COLUMN media TEXT")
-            except sqlite3.OperationalError as exc:  # another worker added it first
-                if "duplicate column" not in str(exc):
-                    raise
+        for table, column in (("messages", "media TEXT"), ("jobs", "acked_at REAL")):
+            if column.split()[0] not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                try:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                except sqlite3.OperationalError as exc:  # another worker added it first
+                    if "duplicate column" not in str(exc):
+                        raise
+        if not has_index("jobs_in_session_order"):  # (replaces jobs_by_session, ordered by id)
+            with self._write(durable=True) as tx:
+                tx.execute("CREATE INDEX IF NOT EXISTS jobs_in_session_order ON jobs (session_key, acked_at, id)"
+                           f" WHERE state IN {_OPEN}")
+                tx.execute("DROP INDEX IF EXISTS jobs_by_session")
 
     @property
     def _full(self) -> bool:
@@ -595,6 +613,30 @@ class Store:
         elif self.on_queued is not None and any(o.error is None and o.result[0] == "queued" for o in batch):
             self.on_queued()
 
+    def accept_batch(self, items: Sequence[tuple]) -> list[tuple[tuple[str, int | None] | None, Exception | None]]:
+        """Store several messages at once, as ``accept_inbound`` would one by one, in one
+        transaction on this thread's connection, synced before this returns (under ``FULL``).
+
+        For the mover of a worker's journal (see ack_journal.py): one thread that commits
+        the messages its worker acknowledged in large batches.
+        :param items: ``(msg, session_key, max_per_hour, delivery_key, acked_at, not_before)``
+            each (see ``_accept_one``).
+        :return: per item, in order, its outcome (see ``accept_inbound``) and ``None``, or
+            ``None`` and the error that kept that message alone out of the store.
+        :raises Exception: the transaction or its sync failed: none of them is known to
+            be stored (some may be: accepting them again is safe, they are duplicates then).
+        """
+        batch = [_Pending(args) for args in items]
+        if not batch:
+            return []
+        with self._locked():
+            failed = self._commit_batch(batch, self._conn())
+        if failed is not None:
+            raise failed
+        if self._full and any(p.error is None for p in batch):
+            self._await_sync(batch[0].number)  # (duplicates too: their first copy may not be on disk yet)
+        return [(p.result, p.error) for p in batch]
+
     def _pass_the_lead(self) -> None:
         with self._batch_lock:
             if self._pending:
@@ -604,15 +646,17 @@ class Store:
             else:
                 self._committing = False
 
-    def _commit_batch(self, batch: list["_Pending"]) -> None:
+    def _commit_batch(self, batch: list["_Pending"], db: sqlite3.Connection | None = None) -> Exception | None:
         """One transaction for every pending accept (caller holds the write lock); the
         usage counters of the batch are added once per channel, at its end.
 
         The batch is first written as it is; should a message fail, that attempt is rolled
         back whole and the batch written again with each message under a savepoint of its
         own, so that only the failing one is lost (two statements per message saved in
-        the usual case, where none fails)."""
-        db = self._batch_conn()
+        the usual case, where none fails).
+        :param db: the connection to use (default: the group commits' own, ``_batch_conn``).
+        :return: the error when the transaction itself failed (each item has it too)."""
+        db = db or self._batch_conn()
         try:
             db.execute("BEGIN IMMEDIATE")
             if not self._write_batch(db, batch, isolate=False):
@@ -627,10 +671,11 @@ class Store:
                 item.result, item.error = None, _as_error(exc)
             if not isinstance(exc, Exception):
                 raise
-            return
+            return exc
         number = self._number()
         for item in batch:
             item.number = number
+        return None
 
     def _write_batch(self, db: sqlite3.Connection, batch: list["_Pending"], isolate: bool) -> bool:
         """Write the batch's messages and its usage counters into the open transaction.
@@ -661,8 +706,11 @@ class Store:
         return True
 
     def _accept_one(self, db: sqlite3.Connection, msg: InboundMessage, session_key: str,
-                    max_per_hour: int | None, delivery_key: str | None) -> tuple[tuple[str, int | None], dict]:
-        """Store one message (and its job); :return: the outcome and the usage counters to add."""
+                    max_per_hour: int | None, delivery_key: str | None, acked_at: float | None = None,
+                    not_before: float | None = None) -> tuple[tuple[str, int | None], dict]:
+        """Store one message (and its job); :return: the outcome and the usage counters to add.
+        :param acked_at: when the message was acknowledged (default: now, this commit).
+        :param not_before: its job runs no earlier (default: now)."""
         now = time.time()
         if delivery_key and not self._new_delivery(db, delivery_key, now):
             return ("duplicate", None), {}  # this webhook delivery was processed before
@@ -677,9 +725,10 @@ class Store:
         if limited:
             return ("rate-limited", row), {**counters, "rate_limited": 1}
         db.execute(
-            "INSERT INTO jobs (inbound_id, channel_id, session_key, state, not_before, payload,"
-            " created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-            (row, msg.channel_id, session_key, now, message_json(msg), now, now))
+            "INSERT INTO jobs (inbound_id, channel_id, session_key, state, not_before, payload, acked_at,"
+            " created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            (row, msg.channel_id, session_key, now if not_before is None else not_before, message_json(msg),
+             now if acked_at is None else acked_at, now, now))
         return ("queued", row), counters
 
     def record_consent(self, msg: InboundMessage, session_key: str, delivery_key: str | None = None) -> bool:
@@ -726,13 +775,14 @@ class Store:
         """Take the next job that may run now, with a lease of ``lease`` seconds.
 
         A job may run when it is due, nobody holds a live lease on it, and it is the
-        oldest unfinished job of its session (so a session's messages are answered in
-        order, across every worker process).
+        oldest unfinished job of its session, by the time its message was acknowledged
+        (so a session's messages are answered in order, across every worker process;
+        jobs of a store made before ``acked_at`` first).
         """
         pick = (f"SELECT j.id FROM jobs j WHERE j.state IN {_OPEN} AND j.not_before <= :now"
                 " AND (j.lease_until IS NULL OR j.lease_until < :now)"
-                f" AND j.id = (SELECT MIN(k.id) FROM jobs k WHERE k.session_key = j.session_key"
-                f"             AND k.state IN {_OPEN})"
+                f" AND j.id = (SELECT k.id FROM jobs k WHERE k.session_key = j.session_key"
+                f"             AND k.state IN {_OPEN} ORDER BY k.acked_at, k.id LIMIT 1)"
                 " ORDER BY j.not_before, j.id LIMIT 1")
         if self._conn().execute(pick, {"now": time.time()}).fetchone() is None:  # cheap, lock-free
             return None
@@ -756,10 +806,7 @@ class Store:
                 db.execute("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL"
                            " WHERE id = ? AND lease_token = ?", (row[0], row[7]))
             raise
-        payload = json.loads(row[9])
-        payload["dropped_attachments"] = tuple(DroppedAttachment(**d) for d in payload["dropped_attachments"])
-        payload["attachments"] = tuple(Attachment(**d) for d in payload.get("attachments", ()))
-        return Job(*row[:9], message=InboundMessage(**payload))
+        return Job(*row[:9], message=message_from_dict(json.loads(row[9])))
 
     def renew(self, jobs: Iterable[Job], lease: float) -> list[int]:
         """Extend the leases of ``jobs`` (those a live runner is working on).

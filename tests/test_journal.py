@@ -129,7 +129,7 @@ def test_only_the_journals_of_dead_processes_are_orphans(tmp_path):
     left.release()
 
 
-def test_after_a_failed_sync_nothing_more_is_appended(tmp_path, monkeypatch):
+def test_after_a_failed_sync_the_file_gets_nothing_more_and_appends_go_to_a_new_one(tmp_path, monkeypatch):
     import sophon_core.journal as journal
 
     j = AckJournal(tmp_path)
@@ -142,8 +142,12 @@ def test_after_a_failed_sync_nothing_more_is_appended(tmp_path, monkeypatch):
     monkeypatch.setattr(journal.os, "fdatasync", failing)
     with pytest.raises(OSError, match="Input/output error"):
         j.append({"n": 1})
+    first = j.path
     monkeypatch.setattr(journal.os, "fdatasync", real)
-    with pytest.raises(OSError, match=f"the journal {j.path.name} failed before"):
-        j.append({"n": 2})  # the disk works again, but the file's end is not known to be good
-    assert j.take() == [(1, {"n": 0})]  # only what was acknowledged goes to the store from memory
-    assert [seq for seq, _ in read_records(j.path).records] == [1, 2]  # (record 2 was written, never acknowledged)
+    assert j.append({"n": 2}) == 3  # the disk works again: a new file (the old one's end is not known to be good)
+    assert j.path != first and j.files() == [first, j.path]
+    assert j.take() == [(1, {"n": 0}), (3, {"n": 2})]  # only what was acknowledged goes to the store
+    assert [seq for seq, _ in read_records(first).records] == [1, 2]  # (record 2 was written, never acknowledged)
+    assert [seq for seq, _ in read_records(j.path).records] == [3]
+    j.moved(3)
+    assert j.files() == [j.path] and not first.exists()

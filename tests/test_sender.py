@@ -189,7 +189,8 @@ def no_cpu_reports(monkeypatch):
 def test_sender_mode_pipeline_stores_wakes_and_runs_no_runner_threads(make_runtime, sent, wake_socket, caplog,
                                                                       no_cpu_reports):
     before = threading.enumerate()
-    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
+    # (the webhook's own group commit; through the journal: the next test)
+    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender", "SOPHON_ACK_JOURNAL": "off"})
     assert rt.settings.replies == "sender"
     listener = wake_socket(rt.settings.data_dir)
     listener.setblocking(False)
@@ -218,9 +219,31 @@ def test_sender_mode_pipeline_stores_wakes_and_runs_no_runner_threads(make_runti
     assert job_states_become(rt.store, {"done": 1}) == {"done": 1}
 
 
+def test_sender_mode_with_the_journal_wakes_the_sender_once_its_move_is_committed(make_runtime, wake_socket,
+                                                                                   no_cpu_reports):
+    before = threading.enumerate()
+    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
+    listener = wake_socket(rt.settings.data_dir)
+    listener.settimeout(5)
+    rt.pipeline.start()
+    assert runner_threads(before) == []
+    assert [t.name for t in rt.pipeline._threads] == ["sophon-checkpoint", "sophon-journal"]
+    assert rt.pipeline.accept("dummy", [message("j1"), message("j2")]) == 2  # journaled
+    assert listener.recv(16) == b"!"  # sent by the mover, once the two jobs are committed and synced
+    assert rt.store.job_states() == {"queued": 2}
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):  # one wake-up for the batch
+        listener.recv(16)
+    rt.pipeline.accept("dummy", [message("j1")])  # a duplicate wakes nobody
+    rt.pipeline.settle()
+    with pytest.raises(BlockingIOError):
+        listener.recv(16)
+    assert rt.store.job_states() == {"queued": 2}
+
+
 def test_sender_mode_says_nothing_when_a_sender_holds_the_lock(make_runtime, wake_socket, caplog, tmp_path,
                                                                no_cpu_reports):
-    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
+    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender", "SOPHON_ACK_JOURNAL": "off"})
     listener = wake_socket(rt.settings.data_dir)
     listener.settimeout(5)
     with Holder(rt.settings.data_dir / sender.LOCK_NAME):
@@ -238,7 +261,7 @@ def test_sender_mode_wakes_the_sender_once_per_group_commit_after_its_jobs_are_c
     import sqlite3
 
 
-    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender"})
+    rt = make_runtime([dummy_channel()], env={"SOPHON_REPLIES": "sender", "SOPHON_ACK_JOURNAL": "off"})
     listener = wake_socket(rt.settings.data_dir)
     listener.settimeout(5)
     batches = spy_batches(rt.store, monkeypatch, delay=0.02)  # accepts pile up behind each commit

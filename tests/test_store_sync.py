@@ -174,9 +174,10 @@ def test_a_failed_fsync_fails_the_acknowledgement_and_later_ones_until_one_works
     assert store.job_states() == {"queued": 2, "running": 1}  # m1 (given back, claimed again), m2, m3
 
 
+@pytest.mark.parametrize("journal", ["on", "off"])  # (on: the journal's fdatasync failed; off: the store's)
 def test_a_webhook_whose_fsync_failed_gets_a_5xx_and_its_retry_a_200_once_synced(make_runtime, sent,
-                                                                                monkeypatch):
-    rt = make_runtime([dummy_channel()])
+                                                                                monkeypatch, journal):
+    rt = make_runtime([dummy_channel()], env={"SOPHON_ACK_JOURNAL": journal})
     broken = threading.Event()
     FsyncLog(monkeypatch, fail=broken.is_set)
     client = falcon.testing.TestClient(create_app(rt))

@@ -7,13 +7,16 @@ before its id was recorded), and then the pipeline says so in its log.
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
+import sqlite3
 import signal
 import time
 from pathlib import Path
 
 import pytest
 
+from sophon_core.journal import read_records
 from sophon_core.testing import free_port, gunicorn
 
 from sms_helpers import WEBHOOK, sms_channel
@@ -95,3 +98,35 @@ def test_sigkill_of_the_whole_server_then_restart_loses_nothing(sandbox, crash_e
     assert answered_before_restart < len(texts)  # the kill really interrupted the work
     with gunicorn(env, port=port, workers=2, log=log):
         check_answers(sandbox, texts, log)
+
+
+def test_sigkill_of_a_worker_whose_journal_was_not_moved_yet_loses_nothing(sandbox, crash_env):
+    """The webhooks are acknowledged from the worker's journal while the store's write lock
+    is held elsewhere (nothing can be moved); the worker is killed; the next worker moves the
+    dead one's journal once the lock is free: each message stored once and answered once."""
+    port, env, log = crash_env
+    data = Path(env["SOPHON_DATA_DIR"])
+    with gunicorn(env, port=port, workers=1, log=log) as server:
+        lock = os.open(data / "sophon.db-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # (the store's write lock: see Store._locked)
+            texts = send_all(sandbox, 2)  # each answered 200 while nothing can reach the store
+            (journal,) = (data / "journal").glob("*.log")
+            assert sorted(r["m"]["text"] for _, r in read_records(journal).records) == sorted(texts)
+            victim = server.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and (victim in server.worker_pids() or not server.worker_pids()):
+                time.sleep(0.1)
+            assert server.worker_pids() and victim not in server.worker_pids()
+            assert sandbox.messages() == []  # nothing was stored, so nothing answered
+        finally:
+            os.close(lock)  # (releases it)
+        check_answers(sandbox, texts, log)
+        got = collections.Counter(m["form"]["Body"] for m in sandbox.messages())
+        assert set(got.values()) == {1}  # no part was in flight at the kill: each reply once
+        with sqlite3.connect(data / "sophon.db") as db:
+            rows = db.execute("SELECT text, COUNT(*) FROM messages WHERE direction = 'in' GROUP BY text").fetchall()
+        assert dict(rows) == {t: 1 for t in texts}
+        assert not journal.exists()
+        assert f"moved {len(texts)} message(s) from {journal.name}" in log.read_text()

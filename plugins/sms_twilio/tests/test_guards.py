@@ -52,7 +52,8 @@ def text(client, account, body, sender=PEER, sid=None):
 
 
 def settle(rt, timeout=10):
-    """Wait until no job is queued or running."""
+    """Move what the webhooks journaled into the store, then wait until no job is queued or running."""
+    rt.pipeline.settle()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = rt.store.job_states()

@@ -1,0 +1,226 @@
+"""The acknowledgement's journal (ack_journal.py): webhooks acknowledged once journaled,
+moved into the store by a thread of the worker, and a dead worker's journal moved once.
+
+The real gunicorn worker killed with journaled, unmoved messages is in the SMS plugin's
+tests (plugins/sms_twilio/tests/test_crash.py), next to the other crash tests.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+
+from dummy_channel import dummy_channel
+from sophon_core import ack_journal, metrics
+from sophon_core.journal import encode, read_records
+from sophon_core.models import InboundMessage
+
+JOIN = 10.0
+
+
+def dmsg(mid, sender="dummy:ann", text="hi", **kw):
+    return InboundMessage("d1", mid, sender, "dummy:bob", text, **kw)
+
+
+def stored(path) -> list[tuple]:
+    """(provider id, text, has a job) of every inbound message, in store order."""
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT m.provider_id, m.text, j.id IS NOT NULL FROM messages m"
+                          " LEFT JOIN jobs j ON j.inbound_id = m.id WHERE m.direction = 'in' ORDER BY m.id").fetchall()
+
+
+def journal_dir(rt):
+    return rt.settings.data_dir / "journal"
+
+
+def journal_files(rt):
+    return sorted(journal_dir(rt).glob("*.log"))
+
+
+def inbound_count(channel, outcome) -> float:
+    return metrics.INBOUND.labels(channel, outcome)._value.get()
+
+
+def test_a_journaled_message_is_on_disk_when_accept_returns_and_in_the_store_once_moved(make_runtime):
+    rt = make_runtime([dummy_channel()])
+    assert rt.pipeline.mover is not None  # the default
+    assert rt.pipeline.accept("dummy", [dmsg("j1", text="one"), dmsg("j2", text="two")]) == 2
+    (path,) = journal_files(rt)
+    assert [r["m"]["text"] for _, r in read_records(path).records] == ["one", "two"]
+    assert stored(rt.store.path) == []  # not moved yet (the mover thread was never started here)
+    rt.pipeline.settle()
+    assert stored(rt.store.path) == [("j1", "one", 1), ("j2", "two", 1)]
+    assert read_records(path).records == []  # cut back once moved
+
+
+def test_the_mover_thread_moves_within_moments_and_reports_each_outcome(make_runtime, caplog):
+    rt = make_runtime([dummy_channel(limits={"inboundPerSenderPerHour": 2})])
+    rt.pipeline.start()
+    before = {o: inbound_count("d1", o) for o in ("queued", "duplicate", "rate_limited")}
+    caplog.set_level(logging.INFO, logger="sophon.pipeline")
+    # a duplicate by provider id, and a third message of one sender over a limit of 2 an hour
+    rt.pipeline.accept("dummy", [dmsg("r1"), dmsg("r1"), dmsg("r2"), dmsg("r3")])
+    deadline = time.monotonic() + JOIN
+    while inbound_count("d1", "rate_limited") == before["rate_limited"] and time.monotonic() < deadline:
+        time.sleep(0.02)  # (the outcomes are reported once the batch is synced, the last one last)
+    assert stored(rt.store.path) == [("r1", "hi", 1), ("r2", "hi", 1), ("r3", "hi", 0)]
+    after = {o: inbound_count("d1", o) for o in before}
+    assert {o: after[o] - before[o] for o in before} == {"queued": 2, "duplicate": 1, "rate_limited": 1}
+    assert "duplicate delivery of r1 on d1 ignored" in caplog.text
+    assert "r3 not answered" in caplog.text
+
+
+def test_shutdown_moves_what_is_journaled_and_removes_the_journal(make_runtime):
+    rt = make_runtime([dummy_channel()])
+    rt.pipeline.start()
+    rt.pipeline.accept("dummy", [dmsg(f"s{n}") for n in range(5)])
+    rt.close()
+    assert len(stored(rt.store.path)) == 5
+    assert journal_files(rt) == []
+
+
+def test_a_dead_workers_journal_is_moved_once_even_the_messages_it_had_moved(make_runtime, caplog):
+    """A worker that died after storing its journal's messages but before cutting the
+    journal back: the replay stores none of them again, a message without a provider id
+    either (its journal key)."""
+    rt = make_runtime([dummy_channel()])
+    mover = rt.pipeline.mover
+    # this worker journals three messages, one of them without a provider id
+    rt.pipeline.accept("dummy", [dmsg("k1", text="one"), dmsg(None, text="keyless"), dmsg("k3", text="three")])
+    journal = mover._current()
+    records = [r for _, r in journal.take()]
+    assert records[1]["k"].startswith("journal:") and records[0]["k"] is None
+    # ... stores two of them (the mover's transaction), then "dies": its file is left whole
+    dead = [(m, r["s"], r["l"], r["k"]) for m, r in
+            ((ack_journal.message_from_dict(r["m"]), r) for r in records[:2])]
+    rt.store.accept_batch(dead)
+    journal.close()  # (releases the lock, as the kernel does for a dead process; nothing was marked moved)
+    mover._journal = None
+    assert len(journal_files(rt)) == 1
+
+    caplog.set_level(logging.INFO, logger="sophon.journal")
+    dup_before = inbound_count("d1", "duplicate")
+    assert mover.replay_orphans() == 3
+    assert stored(rt.store.path) == [("k1", "one", 1), (None, "keyless", 1), ("k3", "three", 1)]
+    assert journal_files(rt) == []
+    assert "moved 3 message(s)" in caplog.text and "(1 new to the store)" in caplog.text
+    assert inbound_count("d1", "duplicate") == dup_before  # a replay's duplicates are not webhook duplicates
+    assert mover.replay_orphans() == 0
+
+
+def test_a_torn_last_write_is_skipped_and_the_whole_records_before_it_are_moved(make_runtime, caplog):
+    rt = make_runtime([dummy_channel()])
+    folder = journal_dir(rt)
+    folder.mkdir(parents=True)
+    good = [ack_journal.record(dmsg(f"t{n}", text=f"torn {n}"), "agent:default:main", None, None, time.time())
+            for n in range(2)]
+    torn = encode(3, ack_journal.record(dmsg("t3"), "agent:default:main", None, None, time.time()))
+    (folder / "999999-1.log").write_bytes(encode(1, good[0]) + encode(2, good[1]) + torn[: len(torn) // 2])
+    caplog.set_level(logging.INFO, logger="sophon.journal")
+    rt.pipeline.mover.replay_orphans()
+    assert [(pid, text) for pid, text, _ in stored(rt.store.path)] == [("t0", "torn 0"), ("t1", "torn 1")]
+    assert f"its last {len(torn) // 2} bytes are an unfinished write, never acknowledged" in caplog.text
+    assert not (folder / "999999-1.log").exists()
+
+
+def test_a_message_the_store_refuses_is_tried_again_then_kept_aside_and_the_rest_is_stored(make_runtime,
+                                                                                           caplog):
+    rt = make_runtime([dummy_channel()])
+    mover = rt.pipeline.mover
+    ok = ack_journal.record(dmsg("ok1", text="fine"), "agent:default:main", None, None, time.time())
+    bad = ack_journal.record(dmsg("bad1"), "agent:default:main", None, None, time.time())
+    bad["m"]["text"] = {"not": "text"}  # sqlite cannot bind a dict
+    mover._current().append_all([ok, bad])
+    caplog.set_level(logging.WARNING, logger="sophon.journal")
+    rejected = journal_dir(rt) / ack_journal.REJECTED
+    rt.pipeline.settle()  # (each settle tries what is in hand once more)
+    assert stored(rt.store.path) == [("ok1", "fine", 1)]
+    assert "acknowledged message bad1 on d1 could not be stored" in caplog.text and "trying again" in caplog.text
+    assert not rejected.exists() and [r["m"]["provider_message_id"] for _, r in
+                                      read_records(mover._journal.path).records] == ["ok1", "bad1"]
+    for _ in range(ack_journal.MAX_TRIES):
+        rt.pipeline.settle()
+    (kept,) = [r for _, r in read_records(rejected).records]
+    assert kept["m"]["provider_message_id"] == "bad1" and "error" in kept
+    assert "kept in" in caplog.text
+    assert read_records(mover._journal.path).records == []  # moved: not tried again
+    assert stored(rt.store.path) == [("ok1", "fine", 1)]
+
+
+def test_a_message_refused_once_is_stored_on_the_next_try(make_runtime, monkeypatch):
+    rt = make_runtime([dummy_channel()])
+    real, failed = rt.store._accept_one, []
+
+    def once(db, msg, *args):
+        if msg.provider_message_id == "a2" and len(failed) < 2:  # (the batch, then a2 under its savepoint)
+            failed.append(msg)
+            raise sqlite3.OperationalError("disk is full")
+        return real(db, msg, *args)
+
+    monkeypatch.setattr(rt.store, "_accept_one", once)
+    rt.pipeline.accept("dummy", [dmsg("a1"), dmsg("a2"), dmsg("a3")])
+    rt.pipeline.settle()
+    rt.pipeline.settle()
+    assert failed and [p for p, _, _ in stored(rt.store.path)] == ["a1", "a3", "a2"]
+    assert not (journal_dir(rt) / ack_journal.REJECTED).exists()
+
+
+def test_a_store_failure_leaves_the_messages_journaled_and_they_move_once_it_recovers(make_runtime, monkeypatch):
+    rt = make_runtime([dummy_channel()])
+    rt.pipeline.accept("dummy", [dmsg("f1"), dmsg("f2")])
+    real = rt.store.accept_batch
+
+    def failing(items):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(rt.store, "accept_batch", failing)
+    try:
+        rt.pipeline.settle()
+    except sqlite3.OperationalError:
+        pass
+    else:
+        raise AssertionError("settle should have failed")
+    assert stored(rt.store.path) == []
+    monkeypatch.setattr(rt.store, "accept_batch", real)
+    rt.pipeline.settle()  # the messages in hand, tried again
+    assert stored(rt.store.path) == [("f1", "hi", 1), ("f2", "hi", 1)]
+
+
+def test_with_the_journal_off_a_webhook_stores_its_message_itself(make_runtime):
+    rt = make_runtime([dummy_channel()], env={"SOPHON_ACK_JOURNAL": "off"})
+    assert rt.pipeline.mover is None
+    assert rt.pipeline.accept("dummy", [dmsg("o1")]) == 1
+    assert stored(rt.store.path) == [("o1", "hi", 1)]
+    assert not journal_dir(rt).exists()
+
+
+def test_under_normal_sync_the_journal_is_not_used(make_runtime):
+    rt = make_runtime([dummy_channel()], env={"SOPHON_SQLITE_SYNC": "NORMAL"})
+    assert rt.pipeline.mover is None
+    rt.pipeline.accept("dummy", [dmsg("n1")])
+    assert stored(rt.store.path) == [("n1", "hi", 1)]
+
+
+def test_a_forked_worker_journals_to_a_file_of_its_own(make_runtime, tmp_path):
+    rt = make_runtime([dummy_channel()])
+    # (as gunicorn's master: no thread started before the fork, so the journal alone, not accept)
+    rt.pipeline.mover.append([(dmsg("p1"), "agent:default:main", None, None)])
+    parent_file = rt.pipeline.mover._journal.path
+    pid = os.fork()
+    if pid == 0:  # the child: its journal is a new file with its pid, not the parent's
+        code = 1
+        try:
+            rt.pipeline.accept("dummy", [dmsg("c1")])
+            mine = rt.pipeline.mover._journal.path
+            code = 0 if mine != parent_file and mine.name.startswith(f"{os.getpid()}-") else 2
+        except BaseException as exc:
+            (tmp_path / "child-error").write_text(repr(exc))
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    error = (tmp_path / "child-error").read_text() if (tmp_path / "child-error").exists() else ""
+    assert os.WEXITSTATUS(status) == 0, error
+    rt.pipeline.mover.replay_orphans()  # the child's file (it died without moving it)
+    rt.pipeline.settle()
+    assert sorted(p for p, _, _ in stored(rt.store.path)) == ["c1", "p1"]
