@@ -680,6 +680,21 @@ class Bench:
             if point is None or self.stored_of(server, point) == last or time.monotonic() > deadline:
                 return time.monotonic() - started
 
+    def wait_stored(self, server: Running, point: Point, timeout: float = 10.0) -> None:
+        """Wait until the store holds as many of the point's messages as were acknowledged, or
+        until their count has not moved for 2 s (``verify_point`` judges)."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            stored = self.stored_of(server, point)
+            if stored >= point.statuses.get("200", 0):
+                return
+            if stored != last:
+                last, since = stored, time.monotonic()
+            elif time.monotonic() - since >= 2.0:
+                return
+            time.sleep(0.05)
+
     def warmup(self, server: Running, drain: bool = True) -> None:
         """A short unrecorded wrk run (errors are still flagged); then Sophon's backlog is drained."""
         if self.p.warmup > 0:
@@ -767,6 +782,8 @@ class Bench:
                                     "open_jobs_at_end": self.open_jobs(srv)})
                 if agent == "default":
                     point.extra["drain_s"] = round(self.drain(srv, point), 2)
+                else:  # (acknowledged from the workers' journals, stored within 50 ms: wait for that only)
+                    self.wait_stored(srv, point)
                 checks = self.verify_point(srv, point, start, answered=agent == "default")
                 point.extra.update({k: v for k, v in checks.items() if not k.startswith("_")})
                 info["checks"] = checks
