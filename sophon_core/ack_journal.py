@@ -105,8 +105,9 @@ class JournalMover:
     def append(self, entries: Sequence[Entry]) -> None:
         """Journal a webhook's messages: on disk when this returns (one sync for all of them).
         :raises OSError: the journal could not be written or synced: nothing is acknowledged."""
-        now = time.time()
-        self._current().append_all([record(msg, session, limit, key, now) for msg, session, limit, key in entries])
+        now = time.time()  # (a webhook's messages 1 µs apart: their order in their session, whatever the move)
+        self._current().append_all([record(msg, session, limit, key, now + n * 1e-6)
+                                    for n, (msg, session, limit, key) in enumerate(entries)])
 
     def _current(self) -> AckJournal:
         """This process's journal (a forked child opens its own)."""
@@ -137,9 +138,7 @@ class JournalMover:
                     continue
                 if not self._hand:
                     journal.wait(MOVE_EVERY)
-                self._move_some(journal)
-                if self._hand:  # a message failed on its own: try it again in a moment
-                    stop.wait(RETRY_EVERY)
+                self._move_some(journal)  # (a message refused on its own stays in hand: tried again next)
             except Exception:  # the store failed (disk full, locked): never let the mover die
                 log.exception("moving journaled messages into the store failed; trying again in %.1f s",
                               RETRY_EVERY)
@@ -161,7 +160,7 @@ class JournalMover:
             if not self._hand:
                 return 0
             n = len(self._hand)
-            self._hand = self._move(self._hand, source=journal.path.name)
+            self._hand = self._move(self._hand, source=journal.id)
             # (what failed stays in hand and in the file: moved up to just before it)
             journal.moved(self._hand[0][0] - 1 if self._hand else self._taken)
             return n - len(self._hand)
@@ -175,17 +174,19 @@ class JournalMover:
 
     def close(self) -> None:
         """Move what is left, then close the journal: its files are deleted when everything in
-        them was moved; else they are left for the next process to move (``replay_orphans``)."""
-        journal = self._journal if self._pid == os.getpid() else None
+        them was moved; else they are left for another process to move (``replay_orphans``).
+        A webhook that comes after this opens a new journal, left for another process too."""
+        with self._open_lock:
+            journal = self._journal if self._pid == os.getpid() else None
+            self._journal = None  # (one closer: the mover thread, or shutdown after it)
         if journal is None:
             return
         try:
-            self.settle()
+            while self._move_some(journal):
+                pass
         except Exception:
-            log.exception("the messages left in %s could not be moved into the store before this process "
-                          "stopped; the next worker to start moves them", journal.path.name)
-        with self._open_lock:
-            self._journal = None
+            log.exception("the messages left in journal %s could not be moved into the store before this "
+                          "process stopped; another process moves them", journal.id)
         journal.close()
 
     def _move(self, records: Sequence[tuple[int, dict]], source: str, replayed: bool = False) -> list:
@@ -195,7 +196,7 @@ class JournalMover:
         caller, ``MAX_TRIES`` times in all (the error may pass: a full disk); then it is kept
         aside (``_reject``). A record that cannot be read (a file of another version) is kept
         aside at once.
-        :param source: the journal file's name (with the sequence number: a record's identity).
+        :param source: the journal's id or orphan file's name (with the sequence number: a record's identity).
         :return: the records to try again.
         :raises Exception: the transaction failed: none of them is known to be stored."""
         items, again = [], []
@@ -205,7 +206,11 @@ class JournalMover:
                 items.append(((message_from_dict(record["m"]), record["s"], record["l"], record["k"], acked,
                                acked + ORDER_HOLD), (seq, record)))
             except (KeyError, TypeError, ValueError) as exc:
-                self._reject(record, exc)
+                try:
+                    self._reject(record, exc)
+                except OSError:
+                    log.exception("could not keep an unreadable record aside in %s", REJECTED)
+                    again.append((seq, record))
         results = self.store.accept_batch([args for args, _ in items])
         queued = new = 0
         for ((msg, _, limit, *_), (seq, record)), (result, error) in zip(items, results):
@@ -215,9 +220,14 @@ class JournalMover:
                     log.warning("acknowledged message %s on %s could not be stored (%s: %s); trying again",
                                 msg.provider_message_id, msg.channel_id, type(error).__name__, error)
                     again.append((seq, record))
-                else:
-                    del self._tries[source, seq]
+                    continue
+                try:
                     self._reject(record, error)
+                except OSError:  # (kept in hand: tried again, and kept aside again if it fails again)
+                    log.exception("could not keep message %s aside in %s", msg.provider_message_id, REJECTED)
+                    again.append((seq, record))
+                    continue
+                del self._tries[source, seq]
                 continue
             self._tries.pop((source, seq), None)
             new += result[0] != "duplicate"

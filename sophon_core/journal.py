@@ -1,4 +1,4 @@
-"""A worker's journal of acknowledged webhook messages (work in progress: not used yet).
+"""A worker's journal of acknowledged webhook messages (the file layer; ack_journal.py uses it).
 
 Why: with two workers the store's group commits stay small and each commit of one worker
 empties the other's SQLite page cache (README, Performance: "Measured, not built yet: a
@@ -112,6 +112,7 @@ class AckJournal:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self._files = [self._new_file()]  # oldest first; the last one is written to
+        self.id = self._files[0].path.stem  # (``<pid>-<ns>`` of its first file)
         self._lock = threading.Lock()  # guards what follows (and _files)
         self._ready = threading.Condition(self._lock)  # notified when ``wake_at`` records wait for the mover
         self.wake_at = 64

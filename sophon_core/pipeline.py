@@ -116,9 +116,10 @@ class Pipeline:
             # one wake-up of the reply sender per group commit that queued a job (Store._lead)
             runtime.store.on_queued = self._notify_sender
         settings = runtime.settings
-        self.mover: JournalMover | None = None
-        if settings.ack_journal and settings.sqlite_synchronous == "FULL":
-            self.mover = JournalMover(settings.data_dir / "journal", runtime.store, self._report, self._queued)
+        # the workers' journals (ack_journal.py): this process's, when webhooks go through one
+        # (``mover``), and those of processes that died, moved even with the journal off now
+        self._journals = JournalMover(settings.data_dir / "journal", runtime.store, self._report, self._queued)
+        self.mover = self._journals if settings.ack_journal and settings.sqlite_synchronous == "FULL" else None
 
     # --- in the webhook request ----------------------------------------------------
 
@@ -257,8 +258,8 @@ class Pipeline:
                 self._threads = [threading.Thread(target=self._run, name=f"sophon-runner-{i}", daemon=True)
                                  for i in range(count)]
                 self._threads.append(threading.Thread(target=self._heartbeat, name="sophon-lease", daemon=True))
-            if self.mover is not None:  # (also moves the journals of workers that died)
-                self._threads.append(threading.Thread(target=self.mover.run, args=(self._stop,),
+            if self.mover is not None or self._journals.folder.is_dir():  # (also moves dead workers' journals)
+                self._threads.append(threading.Thread(target=self._journals.run, args=(self._stop,),
                                                       name="sophon-journal", daemon=True))
             for t in self._threads:
                 t.start()
@@ -270,15 +271,13 @@ class Pipeline:
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
-        if self.mover is not None:
-            self.mover.kick()
+        self._journals.kick()
         if wait:
             deadline = time.monotonic() + timeout
             for t in self._threads:
                 if t is not threading.current_thread():
                     t.join(max(0.0, deadline - time.monotonic()))
-            if self.mover is not None:  # (the mover thread did it, unless it never ran)
-                self.mover.close()
+            self._journals.close()  # (the mover thread did, unless it never ran)
             self.runtime.store.sync_relaxed()
 
     def _run(self) -> None:

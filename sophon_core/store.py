@@ -777,12 +777,19 @@ class Store:
         A job may run when it is due, nobody holds a live lease on it, and it is the
         oldest unfinished job of its session, by the time its message was acknowledged
         (so a session's messages are answered in order, across every worker process;
-        jobs of a store made before ``acked_at`` first).
+        jobs of a store made before ``acked_at`` first), and no other job of its session
+        is under a live lease (one that was stored late, older than the one running,
+        waits for it).
         """
         pick = (f"SELECT j.id FROM jobs j WHERE j.state IN {_OPEN} AND j.not_before <= :now"
                 " AND (j.lease_until IS NULL OR j.lease_until < :now)"
                 f" AND j.id = (SELECT k.id FROM jobs k WHERE k.session_key = j.session_key"
                 f"             AND k.state IN {_OPEN} ORDER BY k.acked_at, k.id LIMIT 1)"
+                # (an older message stored late, e.g. moved from a dead worker's journal, waits for
+                # the session's job under way: one at a time)
+                f" AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.session_key = j.session_key"
+                f"             AND r.state IN {_OPEN} AND r.state = 'running' AND r.id != j.id"
+                "              AND r.lease_until >= :now)"
                 " ORDER BY j.not_before, j.id LIMIT 1")
         if self._conn().execute(pick, {"now": time.time()}).fetchone() is None:  # cheap, lock-free
             return None

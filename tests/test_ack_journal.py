@@ -134,7 +134,7 @@ def test_a_message_the_store_refuses_is_tried_again_then_kept_aside_and_the_rest
     mover._current().append_all([ok, bad])
     caplog.set_level(logging.WARNING, logger="sophon.journal")
     rejected = journal_dir(rt) / ack_journal.REJECTED
-    rt.pipeline.settle()  # (each settle tries what is in hand once more)
+    rt.pipeline.settle()  # (tries it twice: with its batch, then alone)
     assert stored(rt.store.path) == [("ok1", "fine", 1)]
     assert "acknowledged message bad1 on d1 could not be stored" in caplog.text and "trying again" in caplog.text
     assert not rejected.exists() and [r["m"]["provider_message_id"] for _, r in
@@ -224,3 +224,70 @@ def test_a_forked_worker_journals_to_a_file_of_its_own(make_runtime, tmp_path):
     rt.pipeline.mover.replay_orphans()  # the child's file (it died without moving it)
     rt.pipeline.settle()
     assert sorted(p for p, _, _ in stored(rt.store.path)) == ["c1", "p1"]
+
+
+# --- order in a session, and stores made before acked_at ------------------------------------
+
+def test_a_sessions_jobs_run_in_acknowledgement_order_and_a_late_older_one_waits_for_the_running_one(tmp_path):
+    from sophon_core.store import Store
+
+    store = Store(tmp_path / "s.db")
+    now = time.time() - 10
+    # stored in the order b, a (two workers' moves), acknowledged in the order a, b
+    store.accept_batch([(dmsg("b"), "s", None, None, now + 2, now + 2),
+                        (dmsg("a"), "s", None, None, now + 1, now + 1)])
+    first = store.claim("w", 30)
+    assert first.message.provider_message_id == "a"  # the older acknowledgement, not the lower id
+    assert store.claim("w", 30) is None  # one at a time per session
+    store.complete(first)
+    second = store.claim("w", 30)
+    assert second.message.provider_message_id == "b"
+    # an older message stored late (moved from a dead worker's journal) while b runs: it waits for b
+    store.accept_batch([(dmsg("late"), "s", None, None, now, now)])
+    assert store.claim("w", 30) is None
+    store.complete(second)
+    assert store.claim("w", 30).message.provider_message_id == "late"
+
+
+def test_a_journaled_job_waits_for_the_order_hold(make_runtime):
+    rt = make_runtime([dummy_channel()])
+    rt.pipeline.accept("dummy", [dmsg("h1")])
+    rt.pipeline.settle()
+    (due,) = [r[0] for r in sqlite3.connect(rt.store.path).execute("SELECT not_before - acked_at FROM jobs")]
+    assert abs(due - ack_journal.ORDER_HOLD) < 1e-6
+    assert rt.store.claim("w", 30) is None  # not yet: an older message of another worker may still come
+    time.sleep(ack_journal.ORDER_HOLD)
+    assert rt.store.claim("w", 30).message.provider_message_id == "h1"
+
+
+def test_a_store_made_before_acked_at_gets_the_column_and_the_new_index_and_its_jobs_run_first(tmp_path):
+    from sophon_core.store import Store
+
+    path = tmp_path / "old.db"
+    Store(path).accept_inbound(dmsg("old"), "s")
+    with sqlite3.connect(path) as db:  # as an older version left it
+        db.execute("DROP INDEX jobs_in_session_order")
+        db.execute("ALTER TABLE jobs DROP COLUMN acked_at")
+        db.execute("CREATE INDEX jobs_by_session ON jobs (session_key, id) WHERE state IN ('queued', 'running')")
+    store = Store(path)
+    with sqlite3.connect(path) as db:
+        indexes = {r[1] for r in db.execute("PRAGMA index_list(jobs)")}
+        assert "acked_at" in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    assert "jobs_in_session_order" in indexes and "jobs_by_session" not in indexes
+    store.accept_batch([(dmsg("new"), "s", None, None, time.time() - 5, time.time() - 5)])
+    assert store.claim("w", 30).message.provider_message_id == "old"  # (NULL acked_at: first)
+    Store(path)  # a second opener (another worker) finds it done
+
+
+def test_with_the_journal_off_a_dead_workers_journal_is_still_moved(make_runtime):
+    rt = make_runtime([dummy_channel()], env={"SOPHON_ACK_JOURNAL": "off"})
+    folder = journal_dir(rt)
+    folder.mkdir(parents=True)
+    left = ack_journal.record(dmsg("left1", text="left behind"), "agent:default:main", None, None, time.time())
+    (folder / "999998-1.log").write_bytes(encode(1, left))  # (a worker that died with the journal on)
+    rt.pipeline.start()
+    deadline = time.monotonic() + JOIN
+    while not stored(rt.store.path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [(p, t) for p, t, _ in stored(rt.store.path)] == [("left1", "left behind")]
+    assert not (folder / "999998-1.log").exists()
