@@ -251,19 +251,31 @@ class Pipeline:
             if self.runtime.settings.replies == "sender":
                 # the reply sender process runs the runners (sender.py); this process only
                 # checkpoints the store's log, at its own priority
-                self._threads = [threading.Thread(target=self._checkpointer, name="sophon-checkpoint",
+                self._threads = [threading.Thread(target=self._closing(self._checkpointer), name="sophon-checkpoint",
                                                   daemon=True)]
             else:
                 count = self.runtime.settings.pipeline_threads
-                self._threads = [threading.Thread(target=self._run, name=f"sophon-runner-{i}", daemon=True)
+                self._threads = [threading.Thread(target=self._closing(self._run), name=f"sophon-runner-{i}",
+                                                  daemon=True)
                                  for i in range(count)]
-                self._threads.append(threading.Thread(target=self._heartbeat, name="sophon-lease", daemon=True))
+                self._threads.append(threading.Thread(target=self._closing(self._heartbeat), name="sophon-lease",
+                                                      daemon=True))
             if self.mover is not None or self._journals.folder.is_dir():  # (also moves dead workers' journals)
-                self._threads.append(threading.Thread(target=self._journals.run, args=(self._stop,),
+                self._threads.append(threading.Thread(target=self._closing(self._journals.run, self._stop),
                                                       name="sophon-journal", daemon=True))
             for t in self._threads:
                 t.start()
             atexit.register(self.shutdown)  # gunicorn's graceful stop: finish what is in hand
+
+    def _closing(self, target, *args):
+        """``target(*args)``, then this thread's store connection closed (a thread's own, see
+        ``Store._conn``: closed when the thread ends, not when the store is collected)."""
+        def main() -> None:
+            try:
+                target(*args)
+            finally:
+                self.runtime.store.close_this_thread()
+        return main
 
     def shutdown(self, wait: bool = True, timeout: float = 20.0) -> None:
         """Stop claiming; let jobs in hand finish (their leases cover a hard stop); move what

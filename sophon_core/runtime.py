@@ -103,4 +103,5 @@ class Runtime:
     def close(self) -> None:
         if self.pipeline is not None:
             self.pipeline.shutdown(wait=True)
+        self.store.close()
 

@@ -317,6 +317,27 @@ class Store:
             db = self._local.db = self._open()
         return db
 
+    def close_this_thread(self) -> None:
+        """Close this thread's connection (a thread that ends: the pipeline's)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
+            db.close()
+
+    def close(self) -> None:
+        """Close this thread's connection and the group commits' one (the others close as their
+        threads end). SQLite keeps a closed connection's file open while another connection of
+        the process still holds the file (closing it would drop that one's locks): the last one
+        to close releases them all. A later call opens connections again."""
+        self.close_this_thread()
+        if self._batch_db is not None and self._batch_pid == os.getpid():
+            self._batch_db.close()
+        self._batch_db = None
+        with self._write_lock:  # (not while a thread of ours holds the write lock)
+            if self._lock_fd is not None and self._lock_pid == os.getpid():
+                os.close(self._lock_fd)
+                self._lock_fd, self._lock_pid = None, 0
+
     def _batch_conn(self) -> sqlite3.Connection:
         """The connection the group commits of this process use (``_commit_batch``), one
         leader at a time: its page cache stays warm from batch to batch, where each
