@@ -1,8 +1,8 @@
 """A worker's journal of acknowledged webhook messages (the file layer; ack_journal.py uses it).
 
 Why: with two workers the store's group commits stay small and each commit of one worker
-empties the other's SQLite page cache (README, Performance: "Measured, not built yet: a
-journal on the acknowledgement's path"). With a journal a webhook is acknowledged once its
+empties the other's SQLite page cache (README, Performance: "Built: a journal on the
+acknowledgement's path"). With a journal a webhook is acknowledged once its
 message is appended to a file of its worker's own and that file is synced; a thread of the
 worker then moves the journal's messages into the store in large batches.
 
