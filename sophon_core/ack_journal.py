@@ -62,6 +62,7 @@ MOVE_BATCH = 64  # messages per store transaction of the mover (larger batches h
 ORPHAN_EVERY = 0.05
 RETRY_EVERY = 1.0  # seconds before a move that failed (the store's disk, a lock) is tried again
 MAX_TRIES = 3  # tries of a message the store refuses on its own before it is kept aside (REJECTED)
+RETRY_ONE_EVERY = 0.25  # seconds between those tries (the worker's other messages wait meanwhile)
 REJECTED = "rejected.journal"
 
 # (message, session key, hourly limit, delivery key): what Store.accept_inbound takes
@@ -115,9 +116,10 @@ class JournalMover:
         if journal is None or self._pid != os.getpid():
             with self._open_lock:
                 if self._journal is None or self._pid != os.getpid():
+                    if self._pid != os.getpid():  # (forked: the parent's hand is not ours)
+                        self._hand, self._tries = [], {}
                     self._journal, self._pid = AckJournal(self.folder), os.getpid()
                     self._journal.wake_at = MOVE_BATCH
-                    self._hand = []
                 journal = self._journal
         return journal
 
@@ -138,7 +140,9 @@ class JournalMover:
                     continue
                 if not self._hand:
                     journal.wait(MOVE_EVERY)
-                self._move_some(journal)  # (a message refused on its own stays in hand: tried again next)
+                self._move_some(journal)
+                if self._hand:  # a message refused on its own stays in hand: tried again in a moment
+                    stop.wait(RETRY_ONE_EVERY)
             except Exception:  # the store failed (disk full, locked): never let the mover die
                 log.exception("moving journaled messages into the store failed; trying again in %.1f s",
                               RETRY_EVERY)
@@ -182,19 +186,24 @@ class JournalMover:
         if journal is None:
             return
         try:
-            while self._move_some(journal):
-                pass
+            for _ in range(MAX_TRIES):  # (a message refused on its own: its tries)
+                while self._move_some(journal):
+                    pass
+                if not self._hand:
+                    break
         except Exception:
             log.exception("the messages left in journal %s could not be moved into the store before this "
                           "process stopped; another process moves them", journal.id)
+        with self._move_lock:  # (what is left stays in the file, for another process)
+            self._hand = []
         journal.close()
 
     def _move(self, records: Sequence[tuple[int, dict]], source: str, replayed: bool = False) -> list:
         """Store ``records`` (one transaction, synced), then report each outcome.
 
         A message the store refuses on its own (the others are stored) is tried again by the
-        caller, ``MAX_TRIES`` times in all (the error may pass: a full disk); then it is kept
-        aside (``_reject``). A record that cannot be read (a file of another version) is kept
+        caller, ``MAX_TRIES`` times in all, ``RETRY_ONE_EVERY`` apart; then it is kept aside
+        (``_reject``). A record that cannot be read (a file of another version) is kept
         aside at once.
         :param source: the journal's id or orphan file's name (with the sequence number: a record's identity).
         :return: the records to try again.
@@ -233,7 +242,7 @@ class JournalMover:
             new += result[0] != "duplicate"
             queued += result[0] == "queued"
             self.report(msg, result[0], limit, replayed)
-        self.moved_total += len(items) - len(again)
+        self.moved_total += len(records) - len(again)
         self.new_total += new
         if queued:
             self.queued(queued)

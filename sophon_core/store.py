@@ -330,10 +330,10 @@ class Store:
         the process still holds the file (closing it would drop that one's locks): the last one
         to close releases them all. A later call opens connections again."""
         self.close_this_thread()
-        if self._batch_db is not None and self._batch_pid == os.getpid():
-            self._batch_db.close()
-        self._batch_db = None
-        with self._write_lock:  # (not while a thread of ours holds the write lock)
+        with self._write_lock:  # (not while a thread of ours holds the write lock: a batch's leader)
+            if self._batch_db is not None and self._batch_pid == os.getpid():
+                self._batch_db.close()
+            self._batch_db = None
             if self._lock_fd is not None and self._lock_pid == os.getpid():
                 os.close(self._lock_fd)
                 self._lock_fd, self._lock_pid = None, 0
