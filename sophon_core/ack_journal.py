@@ -98,8 +98,6 @@ class JournalMover:
         self._hand: list[tuple[int, dict]] = []  # taken from the journal, not moved yet (a failed move)
         self._taken = 0  # the sequence number of the last record taken
         self._tries: dict[tuple[str, int], int] = {}  # failed tries of a record the store refused on its own
-        self.moved_total = 0  # messages the store took (or refused for good)
-        self.new_total = 0  # of them, those that were not duplicates
 
     # --- in the webhook request ------------------------------------------------------
 
@@ -164,7 +162,7 @@ class JournalMover:
             if not self._hand:
                 return 0
             n = len(self._hand)
-            self._hand = self._move(self._hand, source=journal.id)
+            self._hand, _ = self._move(self._hand, source=journal.id)
             # (what failed stays in hand and in the file: moved up to just before it)
             journal.moved(self._hand[0][0] - 1 if self._hand else self._taken)
             return n - len(self._hand)
@@ -198,7 +196,7 @@ class JournalMover:
             self._hand = []
         journal.close()
 
-    def _move(self, records: Sequence[tuple[int, dict]], source: str, replayed: bool = False) -> list:
+    def _move(self, records: Sequence[tuple[int, dict]], source: str, replayed: bool = False) -> tuple[list, int]:
         """Store ``records`` (one transaction, synced), then report each outcome.
 
         A message the store refuses on its own (the others are stored) is tried again by the
@@ -206,7 +204,7 @@ class JournalMover:
         (``_reject``). A record that cannot be read (a file of another version) is kept
         aside at once.
         :param source: the journal's id or orphan file's name (with the sequence number: a record's identity).
-        :return: the records to try again.
+        :return: the records to try again, and how many were new to the store (not duplicates).
         :raises Exception: the transaction failed: none of them is known to be stored."""
         items, again = [], []
         for seq, record in records:
@@ -242,11 +240,9 @@ class JournalMover:
             new += result[0] != "duplicate"
             queued += result[0] == "queued"
             self.report(msg, result[0], limit, replayed)
-        self.moved_total += len(records) - len(again)
-        self.new_total += new
         if queued:
             self.queued(queued)
-        return again
+        return again, new
 
     def _reject(self, record: dict, error: BaseException) -> None:
         """Keep a message the store refused in ``rejected.journal`` (synced), with an error log line."""
@@ -277,17 +273,17 @@ class JournalMover:
             elif orphan.dropped_bytes:
                 log.warning("%s: its last %d bytes are an unfinished write, never acknowledged; skipped",
                             name, orphan.dropped_bytes)
-            new_before, again = self.new_total, []
+            again, stored = [], 0
             try:
                 for at in range(0, len(orphan.records), MOVE_BATCH):
-                    again += self._move(orphan.records[at:at + MOVE_BATCH], source=name, replayed=True)
+                    retry, new = self._move(orphan.records[at:at + MOVE_BATCH], source=name, replayed=True)
+                    again, stored = again + retry, stored + new
             except Exception:
                 orphan.release()  # (tried again at the next look)
                 raise
             if again:  # (those stored already are duplicates next time)
                 orphan.release()
                 continue
-            stored = self.new_total - new_before
             if orphan.damaged:  # kept for a person to look at (renamed while still locked: not moved twice)
                 os.replace(orphan.path, orphan.path.with_suffix(".damaged"))
                 orphan.release()

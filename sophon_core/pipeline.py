@@ -203,9 +203,8 @@ class Pipeline:
 
     def _queued(self, jobs: int) -> None:
         """``jobs`` new jobs are in the store: wake as many runners (or the reply sender)."""
-        if self.runtime.settings.replies == "sender":
-            if self.mover is not None:  # (else the store's group commit wakes it: on_queued)
-                self._notify_sender()
+        if self.runtime.settings.replies == "sender":  # (a journal's move; the store's group commits: on_queued)
+            self._notify_sender()
             return
         with self._wake:
             self._wake.notify(jobs)

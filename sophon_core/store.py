@@ -808,6 +808,7 @@ class Store:
                 f"             AND k.state IN {_OPEN} ORDER BY k.acked_at, k.id LIMIT 1)"
                 # (an older message stored late, e.g. moved from a dead worker's journal, waits for
                 # the session's job under way: one at a time)
+                # (``IN`` as well: the partial index jobs_in_session_order then serves the lookup)
                 f" AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.session_key = j.session_key"
                 f"             AND r.state IN {_OPEN} AND r.state = 'running' AND r.id != j.id"
                 "              AND r.lease_until >= :now)"
