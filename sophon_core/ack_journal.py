@@ -44,7 +44,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .journal import AckJournal, encode, orphans
+from .journal import UNFINISHED_AFTER, AckJournal, encode, orphans, remove_unfinished, sync_folder
 from .models import InboundMessage
 from .store import Store, message_dict, message_from_dict
 
@@ -98,6 +98,7 @@ class JournalMover:
         self._hand: list[tuple[int, dict]] = []  # taken from the journal, not moved yet (a failed move)
         self._taken = 0  # the sequence number of the last record taken
         self._tries: dict[tuple[str, int], int] = {}  # failed tries of a record the store refused on its own
+        self._tidy_at = 0.0  # (time.monotonic()) next look for files a dead process left unfinished
 
     # --- in the webhook request ------------------------------------------------------
 
@@ -264,6 +265,9 @@ class JournalMover:
         """Move the journals of processes that died into the store, and delete them.
         :return: how many messages were in them."""
         total = 0
+        if time.monotonic() >= self._tidy_at:  # (rarely: a glob of the folder)
+            self._tidy_at = time.monotonic() + UNFINISHED_AFTER
+            remove_unfinished(self.folder)
         for orphan in orphans(self.folder):
             name = orphan.path.name
             if orphan.damaged:
@@ -287,6 +291,7 @@ class JournalMover:
             if orphan.damaged:  # kept for a person to look at (renamed while still locked: not moved twice)
                 os.replace(orphan.path, orphan.path.with_suffix(".damaged"))
                 orphan.release()
+                sync_folder(self.folder)  # (the new name survives a power cut: never moved twice)
             else:
                 orphan.discard()
             if orphan.records:

@@ -304,12 +304,23 @@ class Pipeline:
                 job = store.claim(self.owner, lease)
                 if job is None:
                     with self._wake:
-                        self._wake.wait(IDLE_POLL)
+                        self._wake.wait(self._idle_wait(store))
                     continue
                 self._work(job)
             except Exception:  # the store failed (disk full, locked): never let the runner die
                 log.exception("runner error; going on in %.1f s", IDLE_POLL)
                 self._stop.wait(IDLE_POLL)
+
+    @staticmethod
+    def _idle_wait(store) -> float:
+        """How long a runner that found nothing to claim waits (unless woken): until the
+        earliest queued job is due, when that is sooner than ``IDLE_POLL`` (a journaled
+        message's job is held ``ack_journal.ORDER_HOLD`` after its acknowledgement, and
+        nothing wakes the runners when the hold ends). A job due already is held back by
+        its session's running one: it waits for the poll, or for that job's end."""
+        due = store.next_due()
+        ahead = IDLE_POLL if due is None else due - time.time()
+        return ahead if 0 < ahead < IDLE_POLL else IDLE_POLL
 
     def _work(self, job: Job) -> None:
         """Process one claimed job; the heartbeat renews its lease meanwhile."""

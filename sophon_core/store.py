@@ -837,6 +837,14 @@ class Store:
             raise
         return Job(*row[:9], message=message_from_dict(json.loads(row[9])))
 
+    def next_due(self) -> float | None:
+        """When the earliest queued job becomes due (``time.time()``), or None when none is
+        queued. A runner that found nothing to claim waits until then (a journaled
+        message's job is held ``ORDER_HOLD`` after its acknowledgement)."""
+        row = self._conn().execute(f"SELECT min(not_before) FROM jobs WHERE state IN {_OPEN}"
+                                   " AND state = 'queued'").fetchone()
+        return row[0]
+
     def renew(self, jobs: Iterable[Job], lease: float) -> list[int]:
         """Extend the leases of ``jobs`` (those a live runner is working on).
 

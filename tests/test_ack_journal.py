@@ -51,7 +51,7 @@ def test_a_journaled_message_is_on_disk_when_accept_returns_and_in_the_store_onc
     assert stored(rt.store.path) == []  # not moved yet (the mover thread was never started here)
     rt.pipeline.settle()
     assert stored(rt.store.path) == [("j1", "one", 1), ("j2", "two", 1)]
-    assert read_records(path).records == []  # cut back once moved
+    assert read_records(path).records == []  # rewound once moved
 
 
 def test_the_mover_thread_moves_within_moments_and_reports_each_outcome(make_runtime, caplog):
@@ -253,11 +253,31 @@ def test_a_journaled_job_waits_for_the_order_hold(make_runtime):
     rt = make_runtime([dummy_channel()])
     rt.pipeline.accept("dummy", [dmsg("h1")])
     rt.pipeline.settle()
+    rt.pipeline.shutdown()  # (its runners would take the job once due: the claims below are the test's)
     (due,) = [r[0] for r in sqlite3.connect(rt.store.path).execute("SELECT not_before - acked_at FROM jobs")]
     assert abs(due - ack_journal.ORDER_HOLD) < 1e-6
     assert rt.store.claim("w", 30) is None  # not yet: an older message of another worker may still come
     time.sleep(ack_journal.ORDER_HOLD)
     assert rt.store.claim("w", 30).message.provider_message_id == "h1"
+
+
+def test_an_idle_runner_waits_until_the_held_job_is_due_not_a_whole_poll(make_runtime):
+    from sophon_core.pipeline import IDLE_POLL
+
+    rt = make_runtime([dummy_channel()])
+    assert rt.store.next_due() is None and rt.pipeline._idle_wait(rt.store) == IDLE_POLL  # nothing queued
+    rt.pipeline.accept("dummy", [dmsg("w1")])
+    rt.pipeline.settle()
+    rt.pipeline.shutdown()  # (its runners would take the job once due)
+    (due,) = [r[0] for r in sqlite3.connect(rt.store.path).execute("SELECT not_before FROM jobs")]
+    assert rt.store.next_due() == due
+    wait = rt.pipeline._idle_wait(rt.store)
+    assert 0 < wait <= due - time.time() + 0.01 and wait < ack_journal.ORDER_HOLD < IDLE_POLL
+    time.sleep(max(0.0, due - time.time()) + 0.01)
+    assert rt.pipeline._idle_wait(rt.store) == IDLE_POLL  # due: a claim that found nothing was held back by its session
+    job = rt.store.claim("w", 30)
+    assert job.message.provider_message_id == "w1"
+    assert rt.store.next_due() is None  # running, not queued
 
 
 def test_a_store_made_before_acked_at_gets_the_column_and_the_new_index_and_its_jobs_run_first(tmp_path):

@@ -45,21 +45,28 @@ def test_appends_from_many_threads_share_syncs_and_none_is_lost(tmp_path):
     assert j.syncs < 800  # threads that append during a sync share the next one
 
 
-def test_the_file_is_cut_back_once_everything_in_it_is_moved(tmp_path):
+def test_the_file_is_rewound_once_everything_in_it_is_moved_and_keeps_its_size(tmp_path):
     j = AckJournal(tmp_path)
+    size = j.path.stat().st_size  # written whole when made: appends overwrite blocks it has
+    assert size > j.max_bytes
     for n in range(3):
         j.append({"n": n})
     taken = j.take(2)
     j.moved(taken[-1][0])  # record 3 is still to move
-    assert j.path.stat().st_size > 0
+    assert [seq for seq, _ in read_records(j.path).records] == [1, 2, 3]
     rest = j.take()
     j.moved(rest[-1][0])
-    assert j.path.stat().st_size == 0
+    assert read_records(j.path) == Read([])  # rewound: the records left after the new header are ignored
+    assert j.path.stat().st_size == size
     assert j.append({"n": 3}) == 4  # numbers go on: a replayed record keeps its identity
     assert read_records(j.path).records == [(4, {"n": 3})]
+    assert j.path.stat().st_size == size
 
 
-def test_past_max_bytes_a_new_file_starts_and_moved_files_are_deleted(tmp_path):
+def test_past_max_bytes_appends_go_to_another_file_and_moved_files_are_reused(tmp_path, monkeypatch):
+    import sophon_core.journal as journal
+    from sophon_core.journal import HEADER_BYTES
+
     line = len(encode(1, {"n": 0}))
     j = AckJournal(tmp_path, max_bytes=2 * line)  # two records per file
     for n in range(5):
@@ -69,10 +76,44 @@ def test_past_max_bytes_a_new_file_starts_and_moved_files_are_deleted(tmp_path):
     assert sorted(tmp_path.glob("*.log")) == sorted(files)
     assert [seq for seq, _ in j.take()] == [1, 2, 3, 4, 5]
     j.moved(3)  # the first file only holds moved records; the second still holds record 4
-    assert j.files() == files[1:] and not files[0].exists()
+    assert j.files() == files[1:]
+    assert files[0].exists() and read_records(files[0]).records == []  # kept for reuse, rewound
     j.moved(5)
-    assert j.files() == files[2:] and j.path.stat().st_size == 0
+    assert j.files() == files[2:] and read_records(j.path).records == []  # the current one: rewound
+    for n in range(5, 9):
+        j.append({"n": n})
+    # the current file filled up again, then the oldest spare took the appends: no new file
+    assert j.files() == [files[2], files[0]] and sorted(tmp_path.glob("*.log")) == sorted(files)
+    assert [[seq for seq, _ in read_records(f).records] for f in j.files()] == [[6, 7], [8, 9]]
+    assert all(f.stat().st_size == HEADER_BYTES + 2 * line for f in files)  # never grown
+    assert [seq for seq, _ in j.take()] == [6, 7, 8, 9]
+    monkeypatch.setattr(journal, "SPARES", 1)  # (one spare kept, files[1]: the next file done is deleted)
+    j.moved(9)
+    assert j.files() == [files[0]] and read_records(files[0]).records == []
+    assert not files[2].exists() and files[1].exists()
     assert list(orphans(tmp_path)) == []  # a live process's files, locked
+    j.close()  # nothing left to move: every file deleted
+    assert list(tmp_path.glob("*.log")) == []
+
+
+def test_a_reused_file_is_read_up_to_what_its_earlier_rounds_left(tmp_path):
+    from sophon_core.journal import header
+
+    path = tmp_path / "1-1.log"
+    earlier = b"".join(encode(n, {"old": n}) for n in range(1, 6))
+    new = encode(6, {"new": 6}) + encode(7, {"new": 7})
+    path.write_bytes(header(5) + new + earlier[len(new):])  # rewound after record 5, then two appends
+    assert read_records(path) == Read([(6, {"new": 6}), (7, {"new": 7})])  # the rest: older rounds, silently
+    path.write_bytes(header(5) + earlier)  # rewound, nothing appended since
+    assert read_records(path) == Read([])
+    path.write_bytes(header(5) + new[:-9] + earlier[len(new) - 9:])  # the second append torn
+    assert read_records(path) == Read([(6, {"new": 6})])
+    bad = encode(7, {"new": 7}).replace(b'"new"', b'"xyz"')
+    path.write_bytes(header(5) + encode(6, {"new": 6}) + bad + encode(8, {"new": 8}) + earlier)
+    got = read_records(path)
+    assert got.records == [(6, {"new": 6})] and got.damaged == 1  # a record of this round after a bad line
+    path.write_bytes(header(0) + new + bytes(4096))  # a new file's zeros after its records
+    assert read_records(path) == Read([(6, {"new": 6}), (7, {"new": 7})])
 
 
 def test_reading_stops_at_a_torn_write_and_counts_whole_records_after_damage(tmp_path):
@@ -151,3 +192,23 @@ def test_after_a_failed_sync_the_file_gets_nothing_more_and_appends_go_to_a_new_
     assert [seq for seq, _ in read_records(j.path).records] == [3]
     j.moved(3)
     assert j.files() == [j.path] and not first.exists()
+
+
+def test_a_new_file_left_unfinished_by_a_dead_process_is_removed_and_a_live_ones_is_not(tmp_path):
+    import fcntl
+
+    from sophon_core.journal import UNFINISHED_AFTER, remove_unfinished
+
+    old = UNFINISHED_AFTER + 5
+    dead, making, fresh = (tmp_path / f"{n}-1.new" for n in ("dead", "making", "fresh"))
+    for path in (dead, making, fresh):
+        path.write_bytes(b"")
+    for path in (dead, making):
+        os.utime(path, (os.path.getmtime(path) - old,) * 2)
+    held = os.open(making, os.O_RDONLY)  # a live process that is still making it holds its lock
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        assert remove_unfinished(tmp_path) == 1
+        assert not dead.exists() and making.exists() and fresh.exists()
+    finally:
+        os.close(held)
