@@ -1142,7 +1142,7 @@ def mem_gb() -> float:
 
 def variant_name(var: str, value: str) -> str:
     """The name of an ``--ack-variant`` server: ``FULL`` and the variable, e.g. ``FULL sender_nice=19``."""
-    return f"FULL {var.removeprefix('SOPHON_').lower()}={value}"
+    return f"FULL {var.removeprefix('SOPHON_').lower()}={value}".replace("/", "_")  # (a file name too)
 
 
 def scheduling(pid: int | None) -> str | None:
@@ -1497,7 +1497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ack-variant", action="append", default=[], metavar="SOPHON_VAR=VALUE",
                     help="one more Sophon FULL server in the ack section, with this environment variable set (e.g. "
                          "SOPHON_SENDER_NICE=idle), interleaved with the others in every round and compared with "
-                         "them; may be repeated")
+                         "them; may be repeated. PYTHONPATH=<folder> runs the sophon_core of another checkout "
+                         "(e.g. `git worktree add /tmp/old <commit>`): two commits side by side")
     ap.add_argument("--ack-prefill", type=int, default=0, metavar="N",
                     help="the ack section's Sophon stores start with N answered conversations (spread over 30 "
                          "days, as the history section's), so that every point measures a grown store "
@@ -1537,8 +1538,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = []
     for raw in args.ack_variant:
         var, eq, value = raw.partition("=")
-        if not eq or not var.startswith("SOPHON_") or not var[7:].replace("_", "").isalnum():
-            ap.error(f"--ack-variant takes SOPHON_NAME=VALUE (e.g. SOPHON_SENDER_NICE=19), not {raw!r}")
+        if var == "PYTHONPATH" and eq:
+            if not (Path(value) / "sophon_core" / "__init__.py").is_file():
+                ap.error(f"--ack-variant PYTHONPATH={value}: no sophon_core there (give the folder of another "
+                         "checkout, e.g. one made with `git worktree add`)")
+        elif not eq or not var.startswith("SOPHON_") or not var[7:].replace("_", "").isalnum():
+            ap.error(f"--ack-variant takes SOPHON_NAME=VALUE (e.g. SOPHON_SENDER_NICE=19) or PYTHONPATH=<checkout>, "
+                     f"not {raw!r}")
         variants.append((var, value))
     if args.ack_prefill < 0:
         ap.error(f"--ack-prefill takes a number of conversations, 0 or more, not {args.ack_prefill}")

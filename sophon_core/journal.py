@@ -303,6 +303,8 @@ class AckJournal:
         (``SPARES`` of them) or deleted, and the current one is rewound when it holds no
         later one and no append is under way."""
         with self._lock:
+            if self._closed:  # (its files are closed, or left for another process to move)
+                return
             self._moved = max(self._moved, upto)
             done = [f for f in self._files[:-1] if f.last_seq <= upto]
             self._files = [f for f in self._files if f not in done]
@@ -325,8 +327,9 @@ class AckJournal:
             except OSError:
                 gone.append(f)
         with self._lock:
-            self._spares.extend(kept)
-        self._delete(gone)
+            if not self._closed:  # (closed meanwhile: nothing to keep them for)
+                self._spares, kept = self._spares + kept, []
+        self._delete(gone + kept)
 
     def close(self) -> None:
         """Refuse appends from now on, wait for the sync under way, then close the files and

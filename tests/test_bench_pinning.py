@@ -53,6 +53,7 @@ def test_sophon_serve_runs_the_same_gunicorn_command_line_as_the_reference_apps(
 @pytest.mark.parametrize("args, says", [
     (["--ack-variant", "SENDER_NICE=19"], "--ack-variant takes SOPHON_NAME=VALUE"),
     (["--ack-variant", "SOPHON_SENDER_NICE"], "--ack-variant takes SOPHON_NAME=VALUE"),
+    (["--ack-variant", "PYTHONPATH=/nonexistent-checkout"], "PYTHONPATH=/nonexistent-checkout: no sophon_core there"),
     (["--ack-workers", "0"], "--ack-workers takes worker counts"),
     (["--ack-workers", "one"], "--ack-workers takes worker counts"),
     (["--ack-prefill", "-5"], "--ack-prefill takes a number of conversations, 0 or more"),
@@ -68,3 +69,9 @@ def test_bad_bench_options_say_what_to_write_before_anything_runs(args, says, ca
         sophon_bench.main(args)
     assert exited.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_variant_of_another_checkout_is_named_without_slashes():
+    import sophon_bench
+
+    assert sophon_bench.variant_name("PYTHONPATH", "/work/old") == "FULL pythonpath=_work_old"
