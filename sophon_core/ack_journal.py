@@ -44,7 +44,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .journal import UNFINISHED_AFTER, AckJournal, encode, orphans, remove_unfinished, sync_folder
+from .files import sync_folder
+from .journal import UNFINISHED_AFTER, AckJournal, encode, orphans, remove_unfinished
 from .models import InboundMessage
 from .store import Store, message_dict, message_from_dict
 

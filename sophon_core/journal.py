@@ -82,8 +82,8 @@ HEADER_BYTES = len(header(0))
 
 def read_records(path: Path) -> Read:
     """The records of a journal file: after its header, the whole records of its current
-    round (sequence numbers above the header's ``after``, each one more than the last), up
-    to the first line that is not one. A file without a header (an older version's, or
+    round (sequence numbers above the header's ``after``), up to the first line that is not
+    one. A file without a header (an older version's, or
     ``rejected.journal``) is read from its start."""
     data = Path(path).read_bytes().rstrip(b"\0")  # (a new file is made of zeros: see _new_file)
     out: list[tuple[int, dict]] = []
