@@ -339,8 +339,11 @@ def test_a_checkpoint_lets_the_log_start_over_while_commits_keep_coming(tmp_path
         for n in range(1, 6):
             before = log_restarts(store.path)
             store.checkpoint()  # the writer's next commit starts the log over
-            wait_for(lambda: log_restarts(store.path) > before, 2, f"the log to start over after checkpoint {n}")
-            time.sleep(0.05)  # a log to copy next time
+            wait_for(lambda: log_restarts(store.path) > before, JOIN, f"the log to start over after checkpoint {n}")
+            # a log to copy next time: commits after the restart (a fixed 50 ms was not always enough on
+            # a slow disk: with no frame in the log the checkpoint has nothing to copy, and nothing starts over)
+            mark = written[0]
+            wait_for(lambda: written[0] >= mark + 20, JOIN, "commits after the restart")
     finally:
         stop.set()
         t.join(JOIN)
