@@ -73,8 +73,7 @@ class Read:
 def header(after: int) -> bytes:
     """A file's first line (``HEADER_BYTES`` long): the records that follow it have sequence
     numbers above ``after``; lines with lower ones are left from before the file was reused."""
-    body = b'{"seq":0,"record":{"after":%d%s}}' % (after, b" " * (20 - len(str(after))))
-    return b"%s\t%08x\n" % (body, zlib.crc32(body))
+    return line(0, b'{"after":%d%s}' % (after, b" " * (20 - len(str(after)))))
 
 
 HEADER_BYTES = len(header(0))
