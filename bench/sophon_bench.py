@@ -1483,6 +1483,10 @@ def print_table(r: dict) -> None:
     print("\n" + ("No request or correctness errors." if r["ok"] else "FLAGGED:\n  " + "\n  ".join(r["flags"])))
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description="Sophon's webhook and pipeline benchmark "
                                  "(loopback only). Default: the full run, about 15 minutes on 2 cores.")
@@ -1568,6 +1572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   wrk_threads=args.wrk_threads, gunicorn_threads=args.threads, access_log=args.access_log,
                   keep=args.keep, seconds=args.seconds, ack_servers=ack_servers, pin=args.pin,
                   replies=args.replies, rounds=args.rounds, ack_variants=variants, ack_prefill=args.ack_prefill)
+    # SIGTERM (``timeout``, a CI runner) unwinds like Ctrl-C: every server and the sandbox are
+    # stopped on the way out (the servers run in sessions of their own and would outlive us)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         result = bench.run()
     finally:
