@@ -17,7 +17,7 @@ APP = "sophon_core.app:create_app()"
 DEFAULT_THREADS = 16
 
 
-def gunicorn_argv(bind: str, workers: int, threads: int) -> list[str]:
+def gunicorn_argv(bind: str, workers: int, threads: int, app: str = APP) -> list[str]:
     argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
             "--worker-class", "gthread", "--threads", str(threads), "--graceful-timeout", "20",
             "--access-logfile", "-", "--config", "python:sophon_core.gunicorn_conf"]
@@ -25,7 +25,7 @@ def gunicorn_argv(bind: str, workers: int, threads: int) -> list[str]:
         # Recent gunicorn opens a control socket under ~/.gunicorn by default; several
         # servers on one machine (tests, demo) would fight over it.
         argv.append("--no-control-socket")
-    return argv + [APP]
+    return argv + [app]
 
 
 def _has_setting(name: str) -> bool:

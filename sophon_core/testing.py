@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from .server import gunicorn_argv
+from .server import APP, gunicorn_argv
 
 
 def free_port() -> int:
@@ -65,15 +65,16 @@ class Server:
 
 @contextlib.contextmanager
 def gunicorn(env: Mapping[str, str], *, port: int | None = None, workers: int = 2, threads: int = 4,
-             log: Path | None = None, timeout: float = 30.0) -> Iterator[Server]:
-    """Run the real app under a real gunicorn on a free loopback port (own process group).
+             log: Path | None = None, timeout: float = 30.0, app: str = APP) -> Iterator[Server]:
+    """Run the real app (or ``app``, a WSGI app gunicorn can import) under a real gunicorn with
+    Sophon's settings, on a free loopback port (own process group).
 
     Waits until ``/healthz`` answers (or the process exits: then raise with its log).
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(gunicorn_argv(f"127.0.0.1:{port}", workers, threads),
+    proc = subprocess.Popen(gunicorn_argv(f"127.0.0.1:{port}", workers, threads, app),
                             env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
