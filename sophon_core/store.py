@@ -42,12 +42,14 @@ CREATE TABLE IF NOT EXISTS messages (
     part_no     INTEGER,          -- outbound: position in a split reply
     units       INTEGER,          -- billing units (SMS segments) of this message
     media       TEXT,             -- JSON list of the files: inbound, those the sender attached; outbound, the part's
-    created_at  REAL NOT NULL,
-    updated_at  REAL
+    created_at  REAL NOT NULL,        -- inbound: when it was acknowledged (its job's acked_at)
+    updated_at  REAL,
+    turn_at     REAL              -- outbound reply: its inbound's created_at (NULL: created_at); history's order
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_part_once
     ON messages (job_id, part_no) WHERE direction = 'out';
-CREATE INDEX IF NOT EXISTS messages_by_turn ON messages (session_key, COALESCE(reply_to, id), id);
+-- (messages_in_turn_order, on messages (session_key, COALESCE(turn_at, created_at), COALESCE(reply_to, id), id):
+--  made by Store._migrate, once turn_at exists)
 
 CREATE TABLE IF NOT EXISTS jobs (
     id          INTEGER PRIMARY KEY,
@@ -126,6 +128,18 @@ CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state, not_before) WHERE state IN 
 _OPEN = "('queued', 'running')"
 # A sender's inbound messages since a moment, counted up to a limit (the hourly limit per sender,
 # on every webhook): read from messages_from_sender alone.
+# A conversation's turn is an inbound message and its replies, at the time the message was
+# acknowledged: the order ``Store.claim`` answers them in (see ``Store.history``)
+TURN_ORDER = "(session_key, COALESCE(turn_at, created_at), COALESCE(reply_to, id), id)"
+_TURN_OF = "(SELECT created_at FROM messages WHERE id = ?)"  # a reply's turn_at: its inbound's time
+# A session's turns before the current one (its time twice, its id), newest first: read in
+# messages_in_turn_order's order, ``limit`` rows plus those filtered out
+HISTORY = ("SELECT direction, text, peer, created_at FROM messages WHERE session_key = ?"
+           " AND COALESCE(turn_at, created_at) <= ?"
+           " AND (COALESCE(turn_at, created_at) < ? OR COALESCE(reply_to, id) < ?)"
+           " AND ((direction = 'in' AND status = 'received')"  # not STOP/START/HELP, not rate-limited
+           "      OR (direction = 'out' AND status NOT IN ('failed', 'skipped', 'pending', 'in-flight')))"
+           " ORDER BY COALESCE(turn_at, created_at) DESC, COALESCE(reply_to, id) DESC, id DESC LIMIT ?")
 HOURLY_COUNT = ("SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE direction = 'in' AND channel_id = ?"
                 " AND peer = ? AND created_at >= ? LIMIT ?)")
 # Pages in the write-ahead log past which a commit checkpoints by itself (about 160 MB):
@@ -293,7 +307,7 @@ class Store:
         if has_index("messages_by_sender"):
             with self._write(durable=True) as tx:  # (messages_from_sender covers its query)
                 tx.execute("DROP INDEX IF EXISTS messages_by_sender")
-        for table, column in (("messages", "media TEXT"), ("jobs", "acked_at REAL")):
+        for table, column in (("messages", "media TEXT"), ("jobs", "acked_at REAL"), ("messages", "turn_at REAL")):
             if column.split()[0] not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
                 try:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
@@ -305,6 +319,12 @@ class Store:
                 tx.execute("CREATE INDEX IF NOT EXISTS jobs_in_session_order ON jobs (session_key, acked_at, id)"
                            f" WHERE state IN {_OPEN}")
                 tx.execute("DROP INDEX IF EXISTS jobs_by_session")
+        if not has_index("messages_in_turn_order"):  # (replaces messages_by_turn, ordered by id)
+            with self._write(durable=True) as tx:
+                tx.execute("UPDATE messages SET turn_at = (SELECT i.created_at FROM messages i"
+                           " WHERE i.id = messages.reply_to) WHERE reply_to IS NOT NULL AND turn_at IS NULL")
+                tx.execute(f"CREATE INDEX IF NOT EXISTS messages_in_turn_order ON messages {TURN_ORDER}")
+                tx.execute("DROP INDEX IF EXISTS messages_by_turn")
 
     @property
     def _full(self) -> bool:
@@ -739,7 +759,8 @@ class Store:
         # messages the same, not one more index entry per message it sent this hour)
         limited = max_per_hour is not None and db.execute(
             HOURLY_COUNT, (msg.channel_id, msg.sender, now - 3600, max_per_hour)).fetchone()[0] >= max_per_hour
-        row = self._insert_inbound(db, msg, session_key, "rate-limited" if limited else "received")
+        acked_at = now if acked_at is None else acked_at  # (the message's time too: history's order is claim's)
+        row = self._insert_inbound(db, msg, session_key, "rate-limited" if limited else "received", acked_at)
         if row is None:
             return ("duplicate", None), {}
         counters = {"messages_in": 1, "units_in": msg.units}
@@ -749,7 +770,7 @@ class Store:
             "INSERT INTO jobs (inbound_id, channel_id, session_key, state, not_before, payload, acked_at,"
             " created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
             (row, msg.channel_id, session_key, now if not_before is None else not_before, message_json(msg),
-             now if acked_at is None else acked_at, now, now))
+             acked_at, now, now))
         return ("queued", row), counters
 
     def record_consent(self, msg: InboundMessage, session_key: str, delivery_key: str | None = None) -> bool:
@@ -764,7 +785,7 @@ class Store:
         with self._write(durable=True) as db:
             if delivery_key and not self._new_delivery(db, delivery_key, time.time()):
                 return False
-            row = self._insert_inbound(db, msg, session_key, msg.intent)
+            row = self._insert_inbound(db, msg, session_key, msg.intent, msg.received_at)
             if msg.intent == "opt_out":
                 db.execute("INSERT OR REPLACE INTO opt_outs VALUES (?, ?, ?, ?)",
                            (msg.channel_id, msg.sender, msg.text.strip().upper() or "STOP", time.time()))
@@ -775,7 +796,8 @@ class Store:
             return row is not None
 
     @staticmethod
-    def _insert_inbound(db: sqlite3.Connection, msg: InboundMessage, session_key: str, status: str) -> int | None:
+    def _insert_inbound(db: sqlite3.Connection, msg: InboundMessage, session_key: str, status: str,
+                        at: float) -> int | None:
         files = [{"content_type": a.content_type} for a in msg.attachments] + [
             {"content_type": d.content_type, "dropped": d.reason or "not received"} for d in msg.dropped_attachments]
         if msg.provider_message_id is not None and db.execute(
@@ -786,7 +808,7 @@ class Store:
             "INSERT INTO messages (channel_id, direction, provider_id, peer, session_key,"
             " text, status, units, media, created_at) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?, ?)",
             (msg.channel_id, msg.provider_message_id, msg.sender, session_key, msg.text, status,
-             msg.units, json.dumps(files) if files else None, msg.received_at)).lastrowid
+             msg.units, json.dumps(files) if files else None, at)).lastrowid
 
     # --- jobs ----------------------------------------------------------------------
     # Every change to a claimed job is fenced: it names the job's lease token and
@@ -906,10 +928,10 @@ class Store:
                                    (job.id,)).fetchone()
             if not has_parts:  # nothing was prepared yet: leave a trace of the skipped reply
                 db.execute("INSERT INTO messages (channel_id, direction, peer, session_key, text, status, error,"
-                           " reply_to, job_id, part_no, created_at, updated_at)"
-                           " VALUES (?, 'out', ?, ?, '', 'skipped', ?, ?, ?, 0, ?, ?)",
+                           " reply_to, job_id, part_no, created_at, updated_at, turn_at)"
+                           f" VALUES (?, 'out', ?, ?, '', 'skipped', ?, ?, ?, 0, ?, ?, {_TURN_OF})",
                            (job.channel_id, job.message.sender, job.session_key, reason, job.inbound_id,
-                            job.id, now, now))
+                            job.id, now, now, job.inbound_id))
             if left or not has_parts:
                 self._add_usage(db, job.channel_id, {counter: 1})
             db.execute("UPDATE jobs SET state = 'done', error = ?, lease_owner = NULL, lease_until = NULL,"
@@ -938,10 +960,10 @@ class Store:
                 files = media[n] if media is not None and n < len(media) and media[n] else None
                 db.execute(
                     "INSERT OR IGNORE INTO messages (channel_id, direction, peer, session_key, text,"
-                    " status, reply_to, job_id, part_no, media, created_at, updated_at)"
-                    " VALUES (?, 'out', ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                    " status, reply_to, job_id, part_no, media, created_at, updated_at, turn_at)"
+                    f" VALUES (?, 'out', ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, {_TURN_OF})",
                     (job.channel_id, peer, job.session_key, text, job.inbound_id, job.id, n,
-                     json.dumps(list(files)) if files else None, now, now))
+                     json.dumps(list(files)) if files else None, now, now, job.inbound_id))
             rows = db.execute("SELECT id, part_no, text, status, provider_id, media FROM messages"
                               " WHERE direction = 'out' AND job_id = ? ORDER BY part_no", (job.id,)).fetchall()
         return [Part(*r[:5], media=tuple(json.loads(r[5])) if r[5] else ()) for r in rows]
@@ -1154,18 +1176,17 @@ class Store:
     def history(self, session_key: str, current_id: int, limit: int = 20) -> list[Turn]:
         """The session's last ``limit`` turns before inbound row ``current_id``, oldest first.
 
-        Conversation order, not insertion order: a reply sits right after the
-        message it answers, even when later messages were stored before it.
-        Parts that failed or were never sent, consent keywords and rate-limited
-        messages are not part of the conversation.
+        Conversation order, not insertion order: turns in the order their messages were
+        acknowledged (the order ``claim`` answers them in; two workers' journals may store
+        them the other way round), and a reply right after the message it answers, even
+        when later messages were stored before it. Parts that failed or were never sent,
+        consent keywords and rate-limited messages are not part of the conversation.
         """
-        rows = self._conn().execute(
-            "SELECT direction, text, peer, created_at FROM messages WHERE session_key = ?"
-            " AND COALESCE(reply_to, id) < ?"
-            " AND ((direction = 'in' AND status = 'received')"  # not STOP/START/HELP, not rate-limited
-            "      OR (direction = 'out' AND status NOT IN ('failed', 'skipped', 'pending', 'in-flight')))"
-            " ORDER BY COALESCE(reply_to, id) DESC, id DESC LIMIT ?",
-            (session_key, current_id, limit)).fetchall()
+        db = self._conn()
+        current = db.execute("SELECT created_at FROM messages WHERE id = ?", (current_id,)).fetchone()
+        if current is None:
+            return []
+        rows = db.execute(HISTORY, (session_key, current[0], current[0], current_id, limit)).fetchall()
         return [Turn("user" if d == "in" else "agent", t, p, at) for d, t, p, at in reversed(rows)]
 
     def recent(self, limit: int = 50) -> list[dict]:

@@ -9,7 +9,7 @@ import pytest
 
 from sophon_core.models import DroppedAttachment, InboundMessage
 from sophon_core.pipeline import STATUS_RANK
-from sophon_core.store import HOURLY_COUNT, LeaseLost, Store
+from sophon_core.store import HISTORY, HOURLY_COUNT, LeaseLost, Store
 
 
 def msg(mid, text="hi", sender="+1555", **kw):
@@ -72,6 +72,59 @@ def test_history_is_in_conversation_order_even_when_replies_are_stored_late(tmp_
     assert got == [("user", "q0"), ("agent", "a0"), ("user", "q1")]
     assert [t.text for t in store.history("s", current_id=job2.inbound_id, limit=2)] == ["a0", "q1"]
     assert store.history("other", current_id=job2.inbound_id) == []
+
+
+def test_history_follows_the_acknowledgement_order_when_two_workers_stored_it_the_other_way_round(tmp_path):
+    """Two workers' journals: q2 (acknowledged second) was stored first, with the lower id. q1
+    is answered first (claim's order), and q2's agent sees q1 and its answer; q1's sees no q2.
+    A message acknowledged before both but stored last (a dead worker's journal) is history
+    of neither; both are its history."""
+    store = Store(tmp_path / "s.db")
+    now = time.time() - 10
+    store.accept_batch([(msg("m2", "q2"), "s", None, None, now + 2, now + 2),
+                        (msg("m1", "q1"), "s", None, None, now + 1, now + 1)])
+    store.accept_inbound(msg("x", "other session"), "t")
+    first = store.claim("w", 30)
+    assert first.message.text == "q1"
+    assert store.history("s", current_id=first.inbound_id) == []
+    send_all(store, first, ["a1"], ["SM1"])
+    store.complete(first)
+    second = store.claim("w", 30)
+    assert second.message.text == "q2" and second.inbound_id < first.inbound_id
+    assert [(t.role, t.text) for t in store.history("s", current_id=second.inbound_id)] == [
+        ("user", "q1"), ("agent", "a1")]
+    send_all(store, second, ["a2"], ["SM2"])
+    store.complete(second)
+    store.accept_batch([(msg("m0", "q0"), "s", None, None, now, now)])
+    late = store.claim("w", 30)
+    assert late.message.text == "q0" and store.history("s", current_id=late.inbound_id) == []
+    store.accept_inbound(msg("m3", "q3"), "s")
+    send_all(store, late, ["a0"], ["SM0"])
+    store.complete(late)
+    last = store.claim("w", 30)
+    assert [t.text for t in store.history("s", current_id=last.inbound_id)] == ["q0", "a0", "q1", "a1", "q2", "a2"]
+    assert [t.text for t in store.history("s", current_id=last.inbound_id, limit=3)] == ["a1", "q2", "a2"]
+
+
+def test_a_store_made_before_turn_at_gets_the_column_its_replies_their_turn_and_the_new_index(tmp_path):
+    path = tmp_path / "old.db"
+    store = Store(path)
+    store.accept_inbound(msg("m0", "q0"), "s")
+    store.accept_inbound(msg("m1", "q1"), "s")
+    first = store.claim("w", 30)
+    send_all(store, first, ["a0"], ["SM0"])  # (stored after q1 was acknowledged)
+    store.complete(first)
+    with sqlite3.connect(path) as db:  # as an older version left it
+        db.execute("DROP INDEX messages_in_turn_order")
+        db.execute("ALTER TABLE messages DROP COLUMN turn_at")
+        db.execute("CREATE INDEX messages_by_turn ON messages (session_key, COALESCE(reply_to, id), id)")
+    store = Store(path)
+    with sqlite3.connect(path) as db:
+        assert {r[1] for r in db.execute("PRAGMA index_list(messages)")} >= {"messages_in_turn_order"}
+        assert "messages_by_turn" not in {r[1] for r in db.execute("PRAGMA index_list(messages)")}
+    second = store.claim("w", 30)
+    assert [t.text for t in store.history("s", current_id=second.inbound_id)] == ["q0", "a0"]
+    Store(path)  # a second opener (another worker) finds it done
 
 
 def test_a_sessions_jobs_run_one_at_a_time_oldest_first(tmp_path):
@@ -259,9 +312,9 @@ def test_the_queries_of_every_webhook_and_reply_use_indexes(tmp_path):
     hourly = plan(HOURLY_COUNT, ("c", "+1555", 0.0, 60))
     assert "USING COVERING INDEX messages_from_sender" in hourly, hourly
     assert "direction" in {row[2] for row in db.execute("PRAGMA index_info(messages_from_sender)")}
-    history = plan("SELECT direction, text FROM messages WHERE session_key = ? AND COALESCE(reply_to, id) < ?"
-                   " ORDER BY COALESCE(reply_to, id) DESC, id DESC LIMIT 20", ("s", 10))
-    assert "messages_by_turn" in history, history
+    history = plan(HISTORY, ("s", 1e9, 1e9, 10, 20))  # (a range of the index, in its order: no sort)
+    assert "USING INDEX messages_in_turn_order (session_key=? AND <expr><?)" in history, history
+    assert "TEMP B-TREE" not in history, history
     status = plan("SELECT id FROM messages WHERE provider_id = ? AND direction = 'out'", ("SM1",))
     assert "messages_by_provider_id" in status, status
 

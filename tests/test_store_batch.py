@@ -85,8 +85,8 @@ def test_a_message_failing_inside_its_savepoint_fails_only_its_own_call(tmp_path
     store = Store(tmp_path / "s.db")
     real_insert = store._insert_inbound
     if how == "raise-after-insert":  # the row is written, then the item fails: its savepoint must undo it
-        def insert(db, m, session_key, status):
-            row = real_insert(db, m, session_key, status)
+        def insert(db, m, session_key, status, at):
+            row = real_insert(db, m, session_key, status, at)
             if m.provider_message_id == "bad":
                 raise sqlite3.IntegrityError(f"refusing {m.provider_message_id} (test)")
             return row
