@@ -215,10 +215,7 @@ class JournalMover:
                 items.append(((message_from_dict(record["m"]), record["s"], record["l"], record["k"], acked,
                                acked + ORDER_HOLD), (seq, record)))
             except (KeyError, TypeError, ValueError) as exc:
-                try:
-                    self._reject(record, exc)
-                except OSError:
-                    log.exception("could not keep an unreadable record aside in %s", REJECTED)
+                if not self._reject(record, exc):
                     again.append((seq, record))
         results = self.store.accept_batch([args for args, _ in items])
         queued = new = 0
@@ -230,13 +227,10 @@ class JournalMover:
                                 msg.provider_message_id, msg.channel_id, type(error).__name__, error)
                     again.append((seq, record))
                     continue
-                try:
-                    self._reject(record, error)
-                except OSError:  # (kept in hand: tried again, and kept aside again if it fails again)
-                    log.exception("could not keep message %s aside in %s", msg.provider_message_id, REJECTED)
+                if self._reject(record, error):
+                    del self._tries[source, seq]
+                else:  # (kept in hand: tried again, and kept aside again if it fails again)
                     again.append((seq, record))
-                    continue
-                del self._tries[source, seq]
                 continue
             self._tries.pop((source, seq), None)
             new += result[0] != "duplicate"
@@ -246,19 +240,28 @@ class JournalMover:
             self.queued(queued)
         return again, new
 
-    def _reject(self, record: dict, error: BaseException) -> None:
-        """Keep a message the store refused in ``rejected.journal`` (synced), with an error log line."""
+    def _reject(self, record: dict, error: BaseException) -> bool:
+        """Keep a message the store refused, or a record it cannot read, in ``rejected.journal``
+        (synced), with an error log line.
+        :return: False when that file could not be written (the caller keeps the record in hand)."""
         path = self.folder / REJECTED
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        whole = record if isinstance(record, dict) else {"record": record}  # (a record of another version)
+        message = whole["m"] if isinstance(whole.get("m"), dict) else {}
         try:
-            os.write(fd, encode(int(time.time() * 1000), {**record, "error": str(error)}))
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        message = record.get("m") if isinstance(record.get("m"), dict) else {}
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, encode(int(time.time() * 1000), {**whole, "error": str(error)}))
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            log.exception("could not keep acknowledged message %s on %s aside in %s; it stays journaled",
+                          message.get("provider_message_id"), message.get("channel_id"), path)
+            return False
         log.error("acknowledged message %s on %s could not be stored (%s: %s); kept in %s",
                   message.get("provider_message_id"), message.get("channel_id"), type(error).__name__,
                   error, path)
+        return True
 
     # --- journals of workers that died ------------------------------------------------
 

@@ -148,6 +148,32 @@ def test_a_message_the_store_refuses_is_tried_again_then_kept_aside_and_the_rest
     assert stored(rt.store.path) == [("ok1", "fine", 1)]
 
 
+def test_a_record_that_cannot_be_kept_aside_stays_journaled_until_it_can(make_runtime, caplog):
+    """The rejected file cannot be written (here: a folder in its place): the unreadable record
+    and the refused message stay in the journal, tried again, and nothing else is held up."""
+    rt = make_runtime([dummy_channel()])
+    mover = rt.pipeline.mover
+    bad = ack_journal.record(dmsg("bad2"), "agent:default:main", None, None, time.time())
+    bad["m"]["text"] = {"not": "text"}
+    mover._current().append_all([ack_journal.record(dmsg("ok2"), "agent:default:main", None, None, time.time()),
+                                 {"m": "another version"}, ["not", "a", "record"], bad])
+    blocker = journal_dir(rt) / ack_journal.REJECTED
+    blocker.mkdir()
+    caplog.set_level(logging.WARNING, logger="sophon.journal")
+    for _ in range(ack_journal.MAX_TRIES + 1):
+        rt.pipeline.settle()
+    assert [p for p, _, _ in stored(rt.store.path)] == ["ok2"]
+    assert "could not keep acknowledged message bad2 on d1 aside" in caplog.text
+    assert [r for _, r in read_records(mover._journal.path).records][-3:] == [{"m": "another version"},
+                                                                           ["not", "a", "record"], bad]
+    blocker.rmdir()
+    rt.pipeline.settle()
+    assert read_records(mover._journal.path).records == []
+    assert [r.get("m", r.get("record")) for _, r in read_records(blocker).records] == [
+        "another version", ["not", "a", "record"], bad["m"]]
+    assert [p for p, _, _ in stored(rt.store.path)] == ["ok2"]
+
+
 def test_a_message_refused_once_is_stored_on_the_next_try(make_runtime, monkeypatch):
     rt = make_runtime([dummy_channel()])
     real, failed = rt.store._accept_one, []
