@@ -331,6 +331,7 @@ class Bench:
         self.goals: list[dict] = []
         self.rss: list[dict] = []
         self.sections: dict[str, dict] = {}
+        self.measured: list[Point] = []  # every recorded wrk point, as it comes (a stopped run keeps these)
         self.serial = 0
         self.all_sent: set[str] = set()  # every MessageSid a wrk run may have sent
         self.log_errors: list[dict] = []
@@ -577,6 +578,7 @@ class Bench:
                                    "ms_per_flush": round(d["flush_ms"] / d["flushes"], 2) if d["flushes"] else None}
         what = f"{server.label} {connections} connections"
         if record:
+            self.measured.append(point)
             share = (f", CPU: workers {took['workers']:.2f}" + (f", sender {took['sender']:.2f}"
                                                                 if server.kind == "sophon" else "")
                      + (f", server CPUs {100 * took['server_cpus_busy']:.0f}% busy" if "server_cpus_busy" in took
@@ -662,16 +664,8 @@ class Bench:
         if point is None:
             time.sleep(0.3)
         while True:
-            before = self.stored_of(server, point) if point is not None else 0
-            if point is not None:
-                last, stable_since = before, time.monotonic()
-                while time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    stored = self.stored_of(server, point)
-                    if stored != last:
-                        last, stable_since = stored, time.monotonic()
-                    elif time.monotonic() - stable_since >= (0.5 if stored >= point.sent - 1 else 5.0):
-                        break  # (short of the expected count: nothing new for 5 s; verify_point judges)
+            if point is not None:  # (short of the expected count: nothing new for 5 s; verify_point judges)
+                last = self.wait_count(server, point, deadline, reached=point.sent - 1, hold=0.5, stall=5.0)
             while self.open_jobs(server):
                 if time.monotonic() > deadline:
                     self.flag(f"{server.label}: {self.open_jobs(server)} job(s) still open after {limit:g} s")
@@ -680,20 +674,27 @@ class Bench:
             if point is None or self.stored_of(server, point) == last or time.monotonic() > deadline:
                 return time.monotonic() - started
 
+    def wait_count(self, server: Running, point: Point, deadline: float, *, reached: int, hold: float,
+                   stall: float) -> int:
+        """Poll how many of the point's messages are stored until that count reached ``reached``
+        and held still ``hold`` s, or held still ``stall`` s short of it, or ``deadline``;
+        :return: the count."""
+        last, since = self.stored_of(server, point), time.monotonic()
+        while time.monotonic() < deadline:
+            still = time.monotonic() - since
+            if still >= stall or (last >= reached and still >= hold):
+                break
+            time.sleep(0.05)
+            stored = self.stored_of(server, point)
+            if stored != last:
+                last, since = stored, time.monotonic()
+        return last
+
     def wait_stored(self, server: Running, point: Point, timeout: float = 10.0) -> None:
         """Wait until the store holds as many of the point's messages as were acknowledged, or
         until their count has not moved for 2 s (``verify_point`` judges)."""
-        deadline = time.monotonic() + timeout
-        last, since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            stored = self.stored_of(server, point)
-            if stored >= point.statuses.get("200", 0):
-                return
-            if stored != last:
-                last, since = stored, time.monotonic()
-            elif time.monotonic() - since >= 2.0:
-                return
-            time.sleep(0.05)
+        self.wait_count(server, point, time.monotonic() + timeout, reached=point.statuses.get("200", 0), hold=0,
+                        stall=2.0)
 
     def warmup(self, server: Running, drain: bool = True) -> None:
         """A short unrecorded wrk run (errors are still flagged); then Sophon's backlog is drained."""
@@ -1124,6 +1125,14 @@ class Bench:
         }
         return result
 
+    def partial(self, stop: BaseException) -> dict:
+        """What a stopped run (Ctrl-C, SIGTERM) had measured: the finished sections, and every
+        point of the one it was in, as far as it got."""
+        result = self.report()
+        result.update({"ok": False, "stopped": f"{type(stop).__name__} {getattr(stop, 'code', '') or ''}".strip(),
+                       "points_measured": [p.to_json() for p in self.measured]})
+        return result
+
     def close(self) -> None:
         self.box.stop()
         if not self.keep:
@@ -1290,9 +1299,9 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
         reply = f'Sophon default agent. You said: "{text}"'
         in_id, out_id = 2 * i + 1, 2 * i + 2
         msg_rows.append((in_id, channel_id, "in", sid, peer, session, text, "received", None, None, None, None, 1,
-                         at, None))
+                         at, None, None))
         out_rows.append((out_id, channel_id, "out", signing.scattered_sid(f"sent:{i}"), peer, session, reply,
-                         "delivered", None, in_id, i + 1, 0, 1, at + 1.5, at + 3))
+                         "delivered", None, in_id, i + 1, 0, 1, at + 1.5, at + 3, at))  # (turn_at: its message's)
         payload = message_json(InboundMessage(channel_id=channel_id, provider_message_id=sid, sender=peer,
                                               recipient=MAIN_NUMBER, text=text, received_at=at))
         job_rows.append((i + 1, in_id, channel_id, session, "done", 1, at, None, None, 1, None, payload, reply,
@@ -1304,8 +1313,8 @@ def prefill_store(db: Path, inbound: int, channel_id: str, agent: str, senders: 
             key_rows.append((f"sms:feed-{sid}", at))
             id_rows.append((channel_id, sid, at))
     conn.executemany("INSERT INTO messages (id, channel_id, direction, provider_id, peer, session_key, text,"
-                     " status, error, reply_to, job_id, part_no, units, created_at, updated_at)"
-                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", msg_rows + out_rows)
+                     " status, error, reply_to, job_id, part_no, units, created_at, updated_at, turn_at)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", msg_rows + out_rows)
     conn.executemany("INSERT INTO jobs (id, inbound_id, channel_id, session_key, state, attempts, not_before,"
                      " lease_owner, lease_until, lease_token, first_failure_at, payload, reply, error, created_at,"
                      " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", job_rows)
@@ -1577,6 +1586,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         result = bench.run()
+    except (KeyboardInterrupt, SystemExit) as stop:  # keep what was measured, then unwind as before
+        partial = out.with_name(out.stem + ".partial.json")
+        try:
+            partial.write_text(json.dumps(bench.partial(stop), indent=1, default=str) + "\n")
+            log(f"bench: stopped; the {len(bench.measured)} point(s) measured so far are in {partial}")
+        except Exception as exc:  # (the stop still wins: servers are stopped, the exit code stays)
+            log(f"bench: stopped; could not write {partial}: {exc}")
+        raise
     finally:
         bench.close()
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
