@@ -684,7 +684,7 @@ class Bench:
             still = time.monotonic() - since
             if still >= stall or (last >= reached and still >= hold):
                 break
-            time.sleep(0.05)
+            time.sleep(0.1)
             stored = self.stored_of(server, point)
             if stored != last:
                 last, since = stored, time.monotonic()
@@ -951,7 +951,7 @@ class Bench:
             "e2e_msgs_per_s": round(len(replies) / max(1e-9, last_out - first_in), 1),
             "last_reply_after_last_inbound_s": round(last_out - last_in, 2),
             "how": "inbound: wrk for the point's seconds; e2e msg/s = replies accepted by the sandbox / (last reply "
-                   "at the sandbox - first inbound stored)",
+                   "at the sandbox - first inbound acknowledged)",
         }
 
     def pacing_run(self, numbers: Sequence[str], rate: float) -> dict:
@@ -1597,6 +1597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         bench.close()
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    out.with_name(out.stem + ".partial.json").unlink(missing_ok=True)  # (an earlier stopped run's)
     print_table(result)
     print(f"\nJSON: {out}" + (f"; temporary files kept in {bench.tmp}" if args.keep else ""))
     return 0 if result["ok"] else 1

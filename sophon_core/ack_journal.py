@@ -238,6 +238,7 @@ class JournalMover:
             self.report(msg, result[0], limit, replayed)
         if queued:
             self.queued(queued)
+        again.sort(key=lambda item: item[0])  # (the caller marks the journal moved up to the first of them)
         return again, new
 
     def _reject(self, record: dict, error: BaseException) -> bool:

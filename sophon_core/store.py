@@ -130,6 +130,7 @@ _OPEN = "('queued', 'running')"
 # on every webhook): read from messages_from_sender alone.
 # A conversation's turn is an inbound message and its replies, at the time the message was
 # acknowledged: the order ``Store.claim`` answers them in (see ``Store.history``)
+RECENT_ROWS = 10_000  # the newest messages, where Store._migrate looks for replies an older version stored
 TURN_ORDER = "(session_key, COALESCE(turn_at, created_at), COALESCE(reply_to, id), id)"
 _TURN_OF = "(SELECT created_at FROM messages WHERE id = ?)"  # a reply's turn_at: its inbound's time
 # A session's turns before the current one (its time twice, its id), newest first: read in
@@ -314,15 +315,24 @@ class Store:
                 except sqlite3.OperationalError as exc:  # another worker added it first
                     if "duplicate column" not in str(exc):
                         raise
-        if not has_index("jobs_in_session_order"):  # (replaces jobs_by_session, ordered by id)
+        # (the old indexes again: a process of an older version opened the store since, and made them)
+        if not has_index("jobs_in_session_order") or has_index("jobs_by_session"):  # (jobs_by_session: by id)
             with self._write(durable=True) as tx:
                 tx.execute("CREATE INDEX IF NOT EXISTS jobs_in_session_order ON jobs (session_key, acked_at, id)"
                            f" WHERE state IN {_OPEN}")
                 tx.execute("DROP INDEX IF EXISTS jobs_by_session")
-        if not has_index("messages_in_turn_order"):  # (replaces messages_by_turn, ordered by id)
+        # Replies without their turn: all of them in a store made before turn_at, or an older
+        # version's since (one of its processes still running, e.g. while gunicorn reloads: among
+        # the newest rows, looked for at every start)
+        everything = not has_index("messages_in_turn_order") or has_index("messages_by_turn")
+        unset = "reply_to IS NOT NULL AND turn_at IS NULL"
+        recent = " AND id > (SELECT MAX(id) FROM messages) - ?"
+        if everything or db.execute(f"SELECT 1 FROM messages WHERE {unset}{recent} LIMIT 1",
+                                    (RECENT_ROWS,)).fetchone():
             with self._write(durable=True) as tx:
                 tx.execute("UPDATE messages SET turn_at = (SELECT i.created_at FROM messages i"
-                           " WHERE i.id = messages.reply_to) WHERE reply_to IS NOT NULL AND turn_at IS NULL")
+                           f" WHERE i.id = messages.reply_to) WHERE {unset}" + ("" if everything else recent),
+                           () if everything else (RECENT_ROWS,))
                 tx.execute(f"CREATE INDEX IF NOT EXISTS messages_in_turn_order ON messages {TURN_ORDER}")
                 tx.execute("DROP INDEX IF EXISTS messages_by_turn")
 

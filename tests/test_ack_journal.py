@@ -149,8 +149,8 @@ def test_a_message_the_store_refuses_is_tried_again_then_kept_aside_and_the_rest
 
 
 def test_a_record_that_cannot_be_kept_aside_stays_journaled_until_it_can(make_runtime, caplog):
-    """The rejected file cannot be written (here: a folder in its place): the unreadable record
-    and the refused message stay in the journal, tried again, and nothing else is held up."""
+    """The rejected file cannot be written (here: a folder in its place): the unreadable records
+    and the refused message stay in the journal, tried again; the rest of their batch is stored."""
     rt = make_runtime([dummy_channel()])
     mover = rt.pipeline.mover
     bad = ack_journal.record(dmsg("bad2"), "agent:default:main", None, None, time.time())
@@ -166,6 +166,9 @@ def test_a_record_that_cannot_be_kept_aside_stays_journaled_until_it_can(make_ru
     assert "could not keep acknowledged message bad2 on d1 aside" in caplog.text
     assert [r for _, r in read_records(mover._journal.path).records][-3:] == [{"m": "another version"},
                                                                            ["not", "a", "record"], bad]
+    # in sequence order, whatever kept them (the journal counts as moved up to just before the first)
+    again, _ = mover._move([(7, bad), (8, {"m": "another version"})], source="test")
+    assert [seq for seq, _ in again] == [7, 8]
     blocker.rmdir()
     rt.pipeline.settle()
     assert read_records(mover._journal.path).records == []

@@ -83,7 +83,6 @@ def test_history_follows_the_acknowledgement_order_when_two_workers_stored_it_th
     now = time.time() - 10
     store.accept_batch([(msg("m2", "q2"), "s", None, None, now + 2, now + 2),
                         (msg("m1", "q1"), "s", None, None, now + 1, now + 1)])
-    store.accept_inbound(msg("x", "other session"), "t")
     first = store.claim("w", 30)
     assert first.message.text == "q1"
     assert store.history("s", current_id=first.inbound_id) == []
@@ -98,10 +97,13 @@ def test_history_follows_the_acknowledgement_order_when_two_workers_stored_it_th
     store.accept_batch([(msg("m0", "q0"), "s", None, None, now, now)])
     late = store.claim("w", 30)
     assert late.message.text == "q0" and store.history("s", current_id=late.inbound_id) == []
+    store.accept_inbound(msg("x", "other session"), "t")
     store.accept_inbound(msg("m3", "q3"), "s")
     send_all(store, late, ["a0"], ["SM0"])
     store.complete(late)
+    store.complete(store.claim("w", 30))  # (the other session's)
     last = store.claim("w", 30)
+    assert last.message.text == "q3"
     assert [t.text for t in store.history("s", current_id=last.inbound_id)] == ["q0", "a0", "q1", "a1", "q2", "a2"]
     assert [t.text for t in store.history("s", current_id=last.inbound_id, limit=3)] == ["a1", "q2", "a2"]
 
@@ -124,7 +126,20 @@ def test_a_store_made_before_turn_at_gets_the_column_its_replies_their_turn_and_
         assert "messages_by_turn" not in {r[1] for r in db.execute("PRAGMA index_list(messages)")}
     second = store.claim("w", 30)
     assert [t.text for t in store.history("s", current_id=second.inbound_id)] == ["q0", "a0"]
-    Store(path)  # a second opener (another worker) finds it done
+
+    def without_turn(old_index: bool) -> None:  # as a process of the older version stores a reply
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE messages SET turn_at = NULL WHERE reply_to IS NOT NULL")
+            if old_index:
+                db.execute("CREATE INDEX messages_by_turn ON messages (session_key, COALESCE(reply_to, id), id)")
+
+    for old_index in (True, False):  # (an older process opened the store since, or was running still)
+        without_turn(old_index)
+        assert [t.text for t in store.history("s", current_id=second.inbound_id)] == ["q0"]
+        Store(path)  # a process starts
+        with sqlite3.connect(path) as db:
+            assert "messages_by_turn" not in {r[1] for r in db.execute("PRAGMA index_list(messages)")}
+        assert [t.text for t in store.history("s", current_id=second.inbound_id)] == ["q0", "a0"]
 
 
 def test_a_sessions_jobs_run_one_at_a_time_oldest_first(tmp_path):
