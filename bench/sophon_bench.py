@@ -392,46 +392,50 @@ class Bench:
         self.logs.mkdir(parents=True, exist_ok=True)
         db = Path(env["SOPHON_DATA_DIR"]) / "sophon.db" if kind == "sophon" else None
         first_id = self.query(db, "SELECT COALESCE(MAX(id), 0) FROM messages")[0][0] if db and db.exists() else 0
-        for attempt in range(1, 4):
-            logfile = self.logs / (f"{label}.log" if attempt == 1 else f"{label}-attempt{attempt}.log")
-            out = open(logfile, "wb")  # noqa: SIM115 (closed when the server stops)
-            proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=self.tmp, start_new_session=True, preexec_fn=self._pin_server)
-            running = Running(label, kind, self.public, proc, logfile, workers, Path(env["SOPHON_DATA_DIR"]), first_id)
-            booted = time.monotonic()
-            problem = self._boot(running, workers)
-            if problem is None:
-                break
-            self._stop(proc, [], True)
-            out.close()
-            text = logfile.read_text(errors="replace")
-            cause = next((line for line in reversed(text.splitlines()) if "Error" in line or "error" in line),
-                         problem)
-            self.boot_failures.append({"server": label, "attempt": attempt, "log": str(logfile),
-                                       "problem": problem, "cause": cause[:300]})
-            log(f"bench: {label}: failed to boot (attempt {attempt}): {problem}; {cause[:200]}")
-            if attempt == 3:
-                raise RuntimeError(f"{label}: failed to boot three times; see {logfile}")
-        log(f"bench: {label}: {kind} up with {workers} worker(s) in {time.monotonic() - booted:.1f} s")
-        self.affinity_seen[label] = sorted(set().union(*(thread_affinities(p) for p in
-                                                         [proc.pid, running.master_pid(), running.sender_pid(),
-                                                          *running.worker_pids()] if p)))
+        proc = None  # (stopped on the way out, however it is left: an error, Ctrl-C, SIGTERM while booting)
         try:
+            for attempt in range(1, 4):
+                logfile = self.logs / (f"{label}.log" if attempt == 1 else f"{label}-attempt{attempt}.log")
+                out = open(logfile, "wb")  # noqa: SIM115 (closed when the server stops)
+                proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                        cwd=self.tmp, start_new_session=True, preexec_fn=self._pin_server)
+                running = Running(label, kind, self.public, proc, logfile, workers, Path(env["SOPHON_DATA_DIR"]),
+                                  first_id)
+                booted = time.monotonic()
+                problem = self._boot(running, workers)
+                if problem is None:
+                    break
+                self._stop(proc, [], True)
+                out.close()
+                proc = None
+                text = logfile.read_text(errors="replace")
+                cause = next((line for line in reversed(text.splitlines()) if "Error" in line or "error" in line),
+                             problem)
+                self.boot_failures.append({"server": label, "attempt": attempt, "log": str(logfile),
+                                           "problem": problem, "cause": cause[:300]})
+                log(f"bench: {label}: failed to boot (attempt {attempt}): {problem}; {cause[:200]}")
+                if attempt == 3:
+                    raise RuntimeError(f"{label}: failed to boot three times; see {logfile}")
+            log(f"bench: {label}: {kind} up with {workers} worker(s) in {time.monotonic() - booted:.1f} s")
+            self.affinity_seen[label] = sorted(set().union(*(thread_affinities(p) for p in
+                                                             [proc.pid, running.master_pid(), running.sender_pid(),
+                                                              *running.worker_pids()] if p)))
             yield running
         finally:
-            stopping = time.monotonic()
-            pids = running.worker_pids() if proc.poll() is None else []
-            self._stop(proc, pids, hard_stop or self.p.name == "smoke")
-            log(f"bench: {label}: stopped in {time.monotonic() - stopping:.1f} s")
-            out.close()
-            text = logfile.read_text(errors="replace")
-            bad = [line for line in text.splitlines()
-                   if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line)]
-            if bad:
-                # the server's own ERROR lines: reported next to the figures, apart from request errors
-                self.log_errors.append({"server": label, "log": str(logfile), "error_lines": len(bad),
-                                        "first": bad[0][:300]})
-                log(f"bench: {label}: {len(bad)} ERROR line(s) in the server log {logfile}: {bad[0][:200]}")
+            if proc is not None:
+                stopping = time.monotonic()
+                pids = running.worker_pids() if proc.poll() is None else []
+                self._stop(proc, pids, hard_stop or self.p.name == "smoke")
+                log(f"bench: {label}: stopped in {time.monotonic() - stopping:.1f} s")
+                out.close()
+                text = logfile.read_text(errors="replace")
+                bad = [line for line in text.splitlines()
+                       if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line)]
+                if bad:
+                    # the server's own ERROR lines: reported next to the figures, apart from request errors
+                    self.log_errors.append({"server": label, "log": str(logfile), "error_lines": len(bad),
+                                            "first": bad[0][:300]})
+                    log(f"bench: {label}: {len(bad)} ERROR line(s) in the server log {logfile}: {bad[0][:200]}")
 
     def _pin_server(self) -> None:
         """In the server's process, before gunicorn starts (its workers inherit it)."""
