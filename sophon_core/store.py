@@ -126,8 +126,6 @@ CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state, not_before) WHERE state IN 
 """
 
 _OPEN = "('queued', 'running')"
-# A sender's inbound messages since a moment, counted up to a limit (the hourly limit per sender,
-# on every webhook): read from messages_from_sender alone.
 # A conversation's turn is an inbound message and its replies, at the time the message was
 # acknowledged: the order ``Store.claim`` answers them in (see ``Store.history``)
 RECENT_ROWS = 10_000  # the newest messages, where Store._migrate looks for replies an older version stored
@@ -141,6 +139,8 @@ HISTORY = ("SELECT direction, text, peer, created_at FROM messages WHERE session
            " AND ((direction = 'in' AND status = 'received')"  # not STOP/START/HELP, not rate-limited
            "      OR (direction = 'out' AND status NOT IN ('failed', 'skipped', 'pending', 'in-flight')))"
            " ORDER BY COALESCE(turn_at, created_at) DESC, COALESCE(reply_to, id) DESC, id DESC LIMIT ?")
+# A sender's inbound messages since a moment, counted up to a limit (the hourly limit per sender,
+# on every webhook): read from messages_from_sender alone.
 HOURLY_COUNT = ("SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE direction = 'in' AND channel_id = ?"
                 " AND peer = ? AND created_at >= ? LIMIT ?)")
 # Pages in the write-ahead log past which a commit checkpoints by itself (about 160 MB):
