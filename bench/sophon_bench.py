@@ -1588,10 +1588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (``timeout``, a CI runner) unwinds like Ctrl-C: every server and the sandbox are
     # stopped on the way out (the servers run in sessions of their own and would outlive us)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    partial = out.with_name(out.stem + ".partial.json")  # what a stopped run had measured
     try:
         result = bench.run()
     except (KeyboardInterrupt, SystemExit) as stop:  # keep what was measured, then unwind as before
-        partial = out.with_name(out.stem + ".partial.json")
         try:
             partial.write_text(json.dumps(bench.partial(stop), indent=1, default=str) + "\n")
             log(f"bench: stopped; the {len(bench.measured)} point(s) measured so far are in {partial}")
@@ -1601,7 +1601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         bench.close()
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    out.with_name(out.stem + ".partial.json").unlink(missing_ok=True)  # (an earlier stopped run's)
+    partial.unlink(missing_ok=True)  # (an earlier stopped run's)
     print_table(result)
     print(f"\nJSON: {out}" + (f"; temporary files kept in {bench.tmp}" if args.keep else ""))
     return 0 if result["ok"] else 1

@@ -1,14 +1,30 @@
 """Spies and thread helpers shared by the store's tests (test_store_batch, test_store_sync,
-test_sender): they watch what the store does (its commits, its fsyncs); nothing here fakes it."""
+test_sender): they watch what the store does (its commits, its fsyncs); nothing here fakes it.
+And stores as an older version left them (test_store, test_ack_journal)."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 
 from sophon_core import store as store_mod
 
 JOIN = 20.0  # seconds any thread of a test may take before it counts as hung
+
+
+def as_older_version(path, *, table: str, column: str, index: str, old_index: str) -> None:
+    """Make the store at ``path`` what a version before ``column`` left: no ``column`` in
+    ``table``, nor ``index``, made on it; ``old_index`` (its CREATE statement) instead."""
+    with sqlite3.connect(path) as db:
+        db.execute(f"DROP INDEX {index}")
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        db.execute(old_index)
+
+
+def index_names(path, table: str) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[1] for row in db.execute(f"PRAGMA index_list({table})")}
 
 
 def run_threads(targets):

@@ -15,6 +15,7 @@ from dummy_channel import dummy_channel
 from sophon_core import ack_journal, metrics
 from sophon_core.journal import encode, read_records
 from sophon_core.models import InboundMessage
+from store_spies import as_older_version, index_names
 
 JOIN = 10.0
 
@@ -314,14 +315,13 @@ def test_a_store_made_before_acked_at_gets_the_column_and_the_new_index_and_its_
 
     path = tmp_path / "old.db"
     Store(path).accept_inbound(dmsg("old"), "s")
-    with sqlite3.connect(path) as db:  # as an older version left it
-        db.execute("DROP INDEX jobs_in_session_order")
-        db.execute("ALTER TABLE jobs DROP COLUMN acked_at")
-        db.execute("CREATE INDEX jobs_by_session ON jobs (session_key, id) WHERE state IN ('queued', 'running')")
+    as_older_version(path, table="jobs", column="acked_at", index="jobs_in_session_order",
+                     old_index="CREATE INDEX jobs_by_session ON jobs (session_key, id)"
+                               " WHERE state IN ('queued', 'running')")
     store = Store(path)
     with sqlite3.connect(path) as db:
-        indexes = {r[1] for r in db.execute("PRAGMA index_list(jobs)")}
         assert "acked_at" in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    indexes = index_names(path, "jobs")
     assert "jobs_in_session_order" in indexes and "jobs_by_session" not in indexes
     store.accept_batch([(dmsg("new"), "s", None, None, time.time() - 5, time.time() - 5)])
     assert store.claim("w", 30).message.provider_message_id == "old"  # (NULL acked_at: first)

@@ -10,6 +10,7 @@ import pytest
 from sophon_core.models import DroppedAttachment, InboundMessage
 from sophon_core.pipeline import STATUS_RANK
 from sophon_core.store import HISTORY, HOURLY_COUNT, LeaseLost, Store
+from store_spies import as_older_version, index_names
 
 
 def msg(mid, text="hi", sender="+1555", **kw):
@@ -116,14 +117,11 @@ def test_a_store_made_before_turn_at_gets_the_column_its_replies_their_turn_and_
     first = store.claim("w", 30)
     send_all(store, first, ["a0"], ["SM0"])  # (stored after q1 was acknowledged)
     store.complete(first)
-    with sqlite3.connect(path) as db:  # as an older version left it
-        db.execute("DROP INDEX messages_in_turn_order")
-        db.execute("ALTER TABLE messages DROP COLUMN turn_at")
-        db.execute("CREATE INDEX messages_by_turn ON messages (session_key, COALESCE(reply_to, id), id)")
+    as_older_version(path, table="messages", column="turn_at", index="messages_in_turn_order",
+                     old_index="CREATE INDEX messages_by_turn ON messages (session_key, COALESCE(reply_to, id), id)")
     store = Store(path)
-    with sqlite3.connect(path) as db:
-        assert {r[1] for r in db.execute("PRAGMA index_list(messages)")} >= {"messages_in_turn_order"}
-        assert "messages_by_turn" not in {r[1] for r in db.execute("PRAGMA index_list(messages)")}
+    indexes = index_names(path, "messages")
+    assert "messages_in_turn_order" in indexes and "messages_by_turn" not in indexes
     second = store.claim("w", 30)
     assert [t.text for t in store.history("s", current_id=second.inbound_id)] == ["q0", "a0"]
 
@@ -137,8 +135,7 @@ def test_a_store_made_before_turn_at_gets_the_column_its_replies_their_turn_and_
         without_turn(old_index)
         assert [t.text for t in store.history("s", current_id=second.inbound_id)] == ["q0"]
         Store(path)  # a process starts
-        with sqlite3.connect(path) as db:
-            assert "messages_by_turn" not in {r[1] for r in db.execute("PRAGMA index_list(messages)")}
+        assert "messages_by_turn" not in index_names(path, "messages")
         assert [t.text for t in store.history("s", current_id=second.inbound_id)] == ["q0", "a0"]
 
 
